@@ -1,0 +1,7 @@
+"""jaxbio: biologically plausible learning rules in JAX."""
+
+__version__ = "0.1.0"
+
+from jaxbio import metrics, nets, rules  # noqa: E402
+
+__all__ = ["metrics", "nets", "rules", "__version__"]

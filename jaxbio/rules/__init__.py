@@ -1,0 +1,21 @@
+"""Learning rules: factories returning :class:`LearningRule` bundles of pure functions."""
+
+from jaxbio.rules.base import (LearningRule, RuleOutput, accuracy, classification_metrics,
+                               cross_entropy, with_penalty)
+from jaxbio.rules.feedback import (backprop, direct_feedback_alignment, feedback_alignment,
+                                   kolen_pollack, sign_symmetry)
+
+# Rules on feedforward (sequential) networks, by registry name.
+FEEDFORWARD_RULES = {
+    "bp": backprop,
+    "fa": feedback_alignment,
+    "dfa": direct_feedback_alignment,
+    "kp": kolen_pollack,
+    "sign_symmetry": sign_symmetry,
+}
+
+__all__ = [
+    "LearningRule", "RuleOutput", "accuracy", "classification_metrics", "cross_entropy",
+    "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
+    "kolen_pollack", "sign_symmetry", "FEEDFORWARD_RULES",
+]

@@ -1,0 +1,111 @@
+"""The learning-rule interface.
+
+A learning rule is built by a factory from its network and hyperparameters,
+like an optax transformation, and is a bundle of pure, jit-able functions:
+
+* ``init(key, params) -> rule_state``: everything the rule carries between
+  steps (feedback weights, inverse networks and their optimiser state, running
+  baselines). Rule state is never part of the trained parameters, so the
+  optimiser (and its weight decay) never touches it unless the rule says so.
+* ``update(params, net_state, rule_state, batch, key) -> RuleOutput``: for one
+  batch, the *updates* for the trained parameters (same tree structure as
+  ``params``, in gradient convention: the optimiser descends them, so backprop's
+  update is the gradient of the loss), the new rule state, the new network state
+  (batch-norm statistics), metrics, and auxiliary arrays other components may
+  use (e.g. the free fixed point of a recurrent network).
+* ``feedback(params, rule_state) -> dict[str, (B, K)]``: the backward weights
+  the rule uses, by layer name, each paired with the forward weights it should
+  align with, in the same layout: ``B`` is aligned iff ``B`` is proportional
+  to ``K``. For a sequential network both are in the forward kernel's layout,
+  so ``B == K`` means the feedback matrix equals ``W^T`` in math notation. An
+  empty dict where the notion does not apply (backprop, DFA). Used by
+  alignment metrics only.
+
+Example (paste into your own JAX code)::
+
+    import jax, optax, jaxbio
+    net = jaxbio.nets.mlp((784,), [256, 256], 10)
+    rule = jaxbio.rules.feedback_alignment(net)
+    params, net_state = net.init(jax.random.key(0))
+    rule_state = rule.init(jax.random.key(1), params)
+    tx = optax.adam(1e-3)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, net_state, opt_state, rule_state, batch, key):
+      out = rule.update(params, net_state, rule_state, batch, key)
+      updates, opt_state = tx.update(out.grads, opt_state, params)
+      return optax.apply_updates(params, updates), out.net_state, opt_state, out.state
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Batch = dict[str, jax.Array]  # {"image": (B, ...) float, "label": (B,) int}
+
+
+class RuleOutput(NamedTuple):
+  """What a rule's ``update`` returns for one batch."""
+  grads: Any
+  state: Any
+  net_state: Any
+  metrics: dict[str, jax.Array]
+  aux: dict[str, jax.Array] = {}
+
+
+class LearningRule(NamedTuple):
+  """A learning rule: pure functions closed over a network and hyperparameters.
+
+  Attributes:
+    name: registry name of the rule.
+    init: ``(key, params) -> rule_state``.
+    update: ``(params, net_state, rule_state, batch, key) -> RuleOutput``.
+    feedback: ``(params, rule_state) -> dict[str, (B, K)]`` (see module
+      docstring).
+  """
+  name: str
+  init: Callable[[jax.Array, Any], Any]
+  update: Callable[..., RuleOutput]
+  feedback: Callable[[Any, Any], dict[str, tuple[jax.Array, jax.Array]]] = (
+      lambda params, state: {})
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy of integer ``labels``."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+
+def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+  return {"loss": cross_entropy(logits, labels), "accuracy": accuracy(logits, labels)}
+
+
+def with_penalty(rule: LearningRule, penalty: Callable[..., jax.Array], weight: float,
+                 name: str = "penalty") -> LearningRule:
+  """Adds ``weight * grad(penalty)`` to a rule's updates.
+
+  ``penalty(params, batch, aux, key) -> scalar`` may use the rule's auxiliary
+  outputs (e.g. a recurrent network's fixed point, held constant). The rule's
+  own updates and state are unchanged; the penalty value is logged as
+  ``metrics[name]``. This is how the launcher composes, for example, the
+  Jacobian-homeostasis loss with any rule on convergent recurrent networks.
+  """
+  if weight < 0:
+    raise ValueError(f"{name} weight must be >= 0, got {weight}")
+
+  def update(params, net_state, rule_state, batch, key):
+    key_rule, key_pen = jax.random.split(key)
+    out = rule.update(params, net_state, rule_state, batch, key_rule)
+    value, grads = jax.value_and_grad(penalty)(params, batch, out.aux, key_pen)
+    grads = jax.tree.map(lambda g, p: g + weight * p, out.grads, grads)
+    return out._replace(grads=grads, metrics={**out.metrics, name: value})
+
+  return rule._replace(update=update)

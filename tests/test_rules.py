@@ -1,0 +1,274 @@
+"""Exactness tests for backprop and the feedback-alignment family."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxbio
+from jaxbio import nets, rules
+from jaxbio.metrics import alignment_metrics, angle_degrees
+
+
+def _batch(shape, n=6, classes=10, seed=1):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  return {"image": jax.random.normal(k1, (n, *shape)),
+          "label": jax.random.randint(k2, (n,), 0, classes)}
+
+
+def _nets():
+  return {
+      "mlp": nets.mlp((5, 4, 1), [7, 6], 3),
+      "conv": nets.convnet((8, 8, 2), [(4, 3, 1), (3, 3, 1, "VALID")], [5], 3,
+                           batch_norm=True),
+      "lc": nets.convnet((8, 8, 2), [(4, 3, 2), (3, 3, 1)], [5], 3, local=True, pool=None,
+                         activation="tanh"),
+  }
+
+
+def _close(a, b, tol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv", "lc"])
+def test_backprop_equals_jax_grad(arch):
+  net = _nets()[arch]
+  params, state = net.init(jax.random.key(0))
+  batch = _batch(net.input_shape, classes=3)
+  out = rules.backprop(net).update(params, state, (), batch, jax.random.key(0))
+
+  def loss(p):
+    logits, _ = net.apply(p, state, batch["image"], train=True)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]))
+
+  _close(out.grads, jax.grad(loss)(params), 0)
+  np.testing.assert_allclose(out.metrics["loss"], loss(params), rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv", "lc"])
+def test_fa_with_transposed_feedback_is_backprop(arch):
+  net = _nets()[arch]
+  params, state = net.init(jax.random.key(0))
+  batch = _batch(net.input_shape, classes=3)
+  fa = rules.feedback_alignment(net)
+  fb_state = {"feedback": tuple(None if i == 0 else p["kernel"] for i, p in enumerate(params))}
+  bp = rules.backprop(net).update(params, state, (), batch, None)
+  out = fa.update(params, state, fb_state, batch, None)
+  _close(out.grads, bp.grads, 1e-6)
+
+
+def test_fa_backward_signal_is_feedback_times_delta():
+  net = nets.mlp((5,), [7, 6], 3, activation="tanh")
+  params, state = net.init(jax.random.key(0))
+  batch = _batch((5,), classes=3)
+  fa = rules.feedback_alignment(net)
+  rule_state = fa.init(jax.random.key(3), params)
+  out = fa.update(params, state, rule_state, batch, None)
+  # Manual FA: delta_L = (softmax - y) / B; delta_l = (delta_{l+1} B_{l+1}^T) * tanh'.
+  x, y = batch["image"], jax.nn.one_hot(batch["label"], 3)
+  k = [p["kernel"] for p in params]
+  b = [p["bias"] for p in params]
+  h1 = jnp.tanh(x @ k[0] + b[0])
+  h2 = jnp.tanh(h1 @ k[1] + b[1])
+  logits = h2 @ k[2] + b[2]
+  d3 = (jax.nn.softmax(logits) - y) / x.shape[0]
+  fb = rule_state["feedback"]
+  d2 = (d3 @ fb[2].T) * (1 - h2 ** 2)
+  d1 = (d2 @ fb[1].T) * (1 - h1 ** 2)
+  for g, (inp, d) in zip(out.grads, [(x, d1), (h1, d2), (h2, d3)]):
+    np.testing.assert_allclose(g["kernel"], inp.T @ d, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g["bias"], d.sum(0), rtol=1e-5, atol=1e-7)
+  # The feedback weights are untouched, and differ from the forward ones.
+  assert out.state is rule_state
+  assert fb[0] is None
+  assert not np.allclose(fb[1], k[1])
+
+
+@pytest.mark.parametrize("kind", ["conv", "local"])
+def test_feedback_linear_input_cotangent_uses_feedback_kernel(kind):
+  net = _nets()["conv" if kind == "conv" else "lc"]
+  block = net.blocks[1]
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+  kernel = jax.random.normal(k1, block.kernel_shape)
+  fb = jax.random.normal(k2, block.kernel_shape)
+  x = jax.random.normal(k3, (2, *block.in_shape))
+  y, vjp = jax.vjp(block.feedback_op, kernel, fb, x)
+  g = jax.random.normal(k4, y.shape)
+  dk, dfb, dx = vjp(g)
+  _, vjp_fb = jax.vjp(lambda xx: block.op(fb, xx), x)
+  _, vjp_k = jax.vjp(lambda kk: block.op(kk, x), kernel)
+  np.testing.assert_allclose(dx, vjp_fb(g)[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk, vjp_k(g)[0], rtol=1e-5, atol=1e-5)
+  assert not np.any(dfb)
+  np.testing.assert_allclose(y, block.op(kernel, x), rtol=1e-6)
+
+
+def test_dfa_projects_output_error_directly():
+  net = nets.mlp((5,), [7, 6], 3, activation="tanh")
+  params, state = net.init(jax.random.key(0))
+  batch = _batch((5,), classes=3)
+  dfa = rules.direct_feedback_alignment(net)
+  rule_state = dfa.init(jax.random.key(4), params)
+  out = dfa.update(params, state, rule_state, batch, None)
+  x, y = batch["image"], jax.nn.one_hot(batch["label"], 3)
+  k = [p["kernel"] for p in params]
+  b = [p["bias"] for p in params]
+  h1 = jnp.tanh(x @ k[0] + b[0])
+  h2 = jnp.tanh(h1 @ k[1] + b[1])
+  e = (jax.nn.softmax(h2 @ k[2] + b[2]) - y) / x.shape[0]
+  fb = rule_state["feedback"]
+  assert [f.shape for f in fb] == [(3, 7), (3, 6)]
+  d1 = (e @ fb[0]) * (1 - h1 ** 2)
+  d2 = (e @ fb[1]) * (1 - h2 ** 2)
+  for g, (inp, d) in zip(out.grads, [(x, d1), (h1, d2), (h2, e)]):
+    np.testing.assert_allclose(g["kernel"], inp.T @ d, rtol=1e-5, atol=1e-7)
+
+
+def test_dfa_one_hidden_layer_with_transposed_feedback_is_backprop():
+  net = nets.mlp((5,), [7], 3)
+  params, state = net.init(jax.random.key(0))
+  batch = _batch((5,), classes=3)
+  out = rules.direct_feedback_alignment(net).update(
+      params, state, {"feedback": (params[1]["kernel"].T,)}, batch, None)
+  _close(out.grads, rules.backprop(net).update(params, state, (), batch, None).grads, 1e-6)
+
+
+def test_kolen_pollack_feedback_mirrors_forward_updates():
+  net = nets.mlp((5,), [7, 6], 3)
+  params, state = net.init(jax.random.key(0))
+  lr, decay = 0.1, 0.05
+  kp = rules.kolen_pollack(net, learning_rate=lr, weight_decay=decay)
+  tx = optax.chain(optax.add_decayed_weights(decay / lr), optax.sgd(lr))
+  opt_state, rule_state = tx.init(params), kp.init(jax.random.key(1), params)
+  gap0 = [float(jnp.linalg.norm(p["kernel"] - fb))
+          for p, fb in zip(params[1:], rule_state["feedback"][1:])]
+  steps = 8
+  for t in range(steps):
+    out = kp.update(params, state, rule_state, _batch((5,), classes=3, seed=t), None)
+    updates, opt_state = tx.update(out.grads, opt_state, params)
+    params, rule_state = optax.apply_updates(params, updates), out.state
+  for g0, p, fb in zip(gap0, params[1:], rule_state["feedback"][1:]):
+    np.testing.assert_allclose(jnp.linalg.norm(p["kernel"] - fb), (1 - decay) ** steps * g0,
+                               rtol=1e-4)
+  # Without decay the gap is constant while both pathways move.
+  kp0 = rules.kolen_pollack(net, learning_rate=lr)
+  rs = kp0.init(jax.random.key(1), params)
+  out = kp0.update(params, state, rs, _batch((5,), classes=3), None)
+  np.testing.assert_allclose(out.state["feedback"][1] - (params[1]["kernel"] - lr * out.grads[1]["kernel"]),
+                             rs["feedback"][1] - params[1]["kernel"], atol=1e-6)
+
+
+def test_sign_symmetry_uses_scaled_sign_of_forward_weights():
+  net = nets.mlp((5,), [7], 3)
+  params, state = net.init(jax.random.key(0))
+  batch = _batch((5,), classes=3)
+  k = params[1]["kernel"]
+  fb = jnp.mean(jnp.abs(k)) * jnp.sign(k)
+  expected = rules.feedback_alignment(net).update(params, state, {"feedback": (None, fb)},
+                                                  batch, None)
+  ss = rules.sign_symmetry(net)
+  out = ss.update(params, state, (), batch, None)
+  _close(out.grads, expected.grads, 1e-6)
+  (b, w), = ss.feedback(params, ()).values()
+  assert np.all(np.sign(b) == np.sign(w))
+  with pytest.raises(ValueError, match="valid choices: mean_abs, unit"):
+    rules.sign_symmetry(net, scale="bogus")
+
+
+def test_locally_connected_tied_kernel_is_convolution():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+  conv_k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+  for stride in (1, 2):
+    y_conv = nets.layers.conv_op(conv_k, x, stride=stride)
+    out_hw = y_conv.shape[1:3]
+    local_k = nets.layers.tie_local_kernel(conv_k, out_hw)
+    y_local = nets.layers.local_op(local_k, x, kernel_size=3, stride=stride)
+    np.testing.assert_allclose(y_local, y_conv, rtol=1e-5, atol=1e-5)
+
+
+def test_locally_connected_vjp_is_explicit_transpose():
+  block = nets.sequential((5, 5, 2), [dict(kind="local", features=3, kernel_size=3,
+                                           stride=2)]).blocks[0]
+  kernel = jax.random.normal(jax.random.key(0), block.kernel_shape)
+  n_in = 5 * 5 * 2
+  # The dense matrix of the operator, column by column.
+  basis = jnp.eye(n_in).reshape(n_in, 5, 5, 2)
+  dense = block.op(kernel, basis).reshape(n_in, -1)  # (n_in, n_out)
+  g = jax.random.normal(jax.random.key(1), (1, 3, 3, 3))
+  _, vjp = jax.vjp(lambda x: block.op(kernel, x), jnp.zeros((1, 5, 5, 2)))
+  np.testing.assert_allclose(vjp(g)[0].reshape(-1), dense @ g.reshape(-1), rtol=1e-5,
+                             atol=1e-5)
+  # Every output location sees only its 3x3 window: 9 * 2 non-zero inputs at most.
+  assert int(jnp.max(jnp.sum(dense != 0, axis=0))) <= 18
+
+
+def test_bartunov_parameter_counts():
+  fc = nets.mlp((28, 28, 1), [256] * 5, 10)
+  lc = nets.convnet((28, 28, 1), [(32, 3, 2), (64, 3, 2)], [1024], 10, local=True, pool=None,
+                    activation="tanh")
+  count = lambda net: nets.num_params(jax.eval_shape(net.init, jax.random.key(0))[0])
+  assert count(fc) == 466_698
+  assert count(lc) == 4_191_562
+  assert [b.out_shape for b in lc.blocks] == [(14, 14, 32), (7, 7, 64), (1024,), (10,)]
+
+
+def test_with_penalty_adds_weighted_gradient():
+  net = nets.mlp((5,), [7], 3)
+  params, state = net.init(jax.random.key(0))
+  batch = _batch((5,), classes=3)
+  penalty = lambda p, b, aux, key: sum(jnp.sum(q["kernel"] ** 2) for q in p)
+  rule = rules.with_penalty(rules.backprop(net), penalty, 0.5, name="l2")
+  out = rule.update(params, state, (), batch, jax.random.key(0))
+  base = rules.backprop(net).update(params, state, (), batch, None)
+  for g, g0, p in zip(out.grads, base.grads, params):
+    np.testing.assert_allclose(g["kernel"], g0["kernel"] + p["kernel"], rtol=1e-5, atol=1e-7)
+  assert "l2" in out.metrics
+  with pytest.raises(ValueError, match="weight must be >= 0"):
+    rules.with_penalty(rules.backprop(net), penalty, -1.0)
+
+
+def test_alignment_metrics():
+  net = nets.mlp((5,), [7, 6], 3)
+  params, state = net.init(jax.random.key(0))
+  batch = _batch((5,), classes=3)
+  bp = rules.backprop(net)
+  m = alignment_metrics(bp, bp, params, state, (), batch, jax.random.key(0))
+  assert float(m["update_angle/all"]) < 0.05
+  fa = rules.feedback_alignment(net)
+  rs = fa.init(jax.random.key(1), params)
+  m = alignment_metrics(fa, bp, params, state, rs, batch, jax.random.key(0))
+  b, w = rs["feedback"][1], params[1]["kernel"]
+  cos = jnp.sum(b * w) / jnp.linalg.norm(b) / jnp.linalg.norm(w)
+  np.testing.assert_allclose(m["feedback_angle/layer1"], jnp.degrees(jnp.arccos(cos)), rtol=1e-4)
+  np.testing.assert_allclose(m["feedback_sign_agreement/layer1"],
+                             jnp.mean(jnp.sign(b) == jnp.sign(w)), rtol=1e-6)
+  # The output layer's FA update is exact: its angle to backprop is 0.
+  assert float(m["update_angle/2.kernel"]) < 0.05
+  assert float(m["update_angle/0.kernel"]) > 1.0
+  np.testing.assert_allclose(angle_degrees(jnp.array([1.0, 0]), jnp.array([0, 2.0])), 90.0)
+
+
+def test_readme_example_runs():
+  # The README's interface example, verbatim in spirit: a user's own step.
+  net = jaxbio.nets.mlp((784,), [64, 64], 10)
+  rule = jaxbio.rules.feedback_alignment(net)
+  params, net_state = net.init(jax.random.key(0))
+  rule_state = rule.init(jax.random.key(1), params)
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, net_state, opt_state, rule_state, batch, key):
+    out = rule.update(params, net_state, rule_state, batch, key)
+    updates, opt_state = tx.update(out.grads, opt_state, params)
+    return optax.apply_updates(params, updates), out.net_state, opt_state, out.state, out.metrics
+
+  batch = _batch((784,), n=32)
+  losses = []
+  for i in range(100):
+    params, net_state, opt_state, rule_state, m = step(params, net_state, opt_state, rule_state,
+                                                       batch, jax.random.key(i))
+    losses.append(float(m["loss"]))
+  assert losses[-1] < 0.5 * losses[0]
