@@ -1,0 +1,108 @@
+"""Milliseconds per training step of feedforward rules, against the matmul floor.
+
+Times the trainer's own compiled loop (``steps_per_call`` steps per call, data
+on device) for Bartunov et al.'s MNIST net (784 -> 256 x 5 -> 10, tanh), and,
+in the same run, the machine's dense float32 matmul rate, on two workloads:
+a large 1024^3 product (peak rate) and the step's own matmul shapes (a forward
+and backward chain at the same batch). The floor of a step is its FLOP count
+divided by the measured rate.
+
+    python -m benchmarks.step_speed --rules=bp,fa,dfa,kp,sign_symmetry --batch_size=128
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbio import train
+from launch.configs import bartunov_mnist_fc
+
+_RULES = flags.DEFINE_list("rules", ["bp", "fa", "dfa", "kp", "sign_symmetry"], "Rules to time.")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
+_STEPS = flags.DEFINE_integer("steps_per_call", 100, "Training steps per compiled call.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed calls per rule (median reported).")
+
+
+def _median_time(fn, repeats):
+  fn()  # compile and warm up.
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def matmul_rate(m: int, k: int, n: int, repeats: int = 7, chain: int = 20) -> float:
+  """Measured float32 FLOP/s of ``chain`` dependent (m, k) @ (k, n) products."""
+  a = jax.random.normal(jax.random.key(0), (m, k))
+  b = jax.random.normal(jax.random.key(1), (k, n)) / np.sqrt(k)
+
+  @jax.jit
+  def run(a, b):
+    def body(x, _):
+      y = x @ b
+      return (y[:, :k] if n >= k else jnp.pad(y, ((0, 0), (0, k - n)))), None
+    return jax.lax.scan(body, a, None, length=chain)[0]
+
+  t = _median_time(lambda: run(a, b).block_until_ready(), repeats)
+  return 2.0 * m * k * n * chain / t
+
+
+def step_flops(widths, batch: int) -> float:
+  """FLOPs of one backprop step on an MLP: forward, input and weight gradients."""
+  macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+  return 2.0 * 3 * batch * macs
+
+
+def main(argv):
+  del argv
+  batch = _BATCH.value
+  widths = [784] + [256] * 5 + [10]
+  peak = matmul_rate(1024, 1024, 1024)
+  # The step's own shapes: (B, 784) @ (784, 256) and (B, 256) @ (256, 256).
+  shaped = (step_flops(widths, batch) /
+            (step_flops([784, 256], batch) / matmul_rate(batch, 784, 256) +
+             step_flops([256] * 5 + [10], batch) / matmul_rate(batch, 256, 256)))
+  flops = step_flops(widths, batch)
+  print(f"devices: {jax.devices()}")
+  print(f"matmul rate, 1024^3 products: {peak / 1e9:.1f} GFLOP/s; "
+        f"the step's shapes at batch {batch}: {shaped / 1e9:.1f} GFLOP/s")
+  print(f"backprop step: {flops / 1e6:.1f} MFLOP; floor {1e3 * flops / peak:.3f} ms at the "
+        f"peak rate, {1e3 * flops / shaped:.3f} ms at the step-shape rate\n")
+  print("| rule | ms/step | x floor (peak) | x floor (step shapes) | fraction of peak |")
+  print("|---|---|---|---|---|")
+  for rule in _RULES.value:
+    config = bartunov_mnist_fc.get_config("bp")
+    config.rule.name = rule
+    if rule == "kp":
+      config.rule.learning_rate = config.optimizer.learning_rate
+    config.batch_size = batch
+    config.steps_per_call = _STEPS.value
+    n = batch * _STEPS.value
+    exp = train.build_experiment(config, n)
+    mesh = train.make_mesh(jax.devices())
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    chunk = train.make_train_chunk(exp, config, mesh)
+    rng = np.random.default_rng(0)
+    images = jax.device_put(rng.integers(0, 256, (n, 28, 28, 1), np.uint8), replicated)
+    labels = jax.device_put(rng.integers(0, 10, (n,), np.int32), replicated)
+    idx = jnp.arange(n, dtype=jnp.int32).reshape(_STEPS.value, batch)
+    state = [jax.device_put(train.init_state(exp, 0), replicated)]
+
+    def call():
+      state[0], sums, _, _ = chunk(state[0], images, labels, idx, jnp.int32(_STEPS.value))
+      jax.block_until_ready(sums)
+
+    ms = 1e3 * _median_time(call, _REPEATS.value) / _STEPS.value
+    print(f"| {rule} | {ms:.3f} | {ms / (1e3 * flops / peak):.2f} | "
+          f"{ms / (1e3 * flops / shaped):.2f} | {flops / (ms / 1e3) / peak:.2f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,96 @@
+"""Builds networks and learning rules from experiment configs.
+
+Every check here fails with a one-line ``ValueError`` that names the bad value
+and the valid choices, so the launcher can exit cleanly before any work.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from jaxbio import nets, rules
+
+FEEDFORWARD_ARCHS = ("mlp", "convnet", "lcnet")
+RECURRENT_ARCHS = ("hep_mlp", "hep_loop_mlp", "hep_cnn")
+ARCHS = FEEDFORWARD_ARCHS + RECURRENT_ARCHS
+RECURRENT_RULES = ("ep", "hep", "hep_online", "rbp", "bptt")
+
+
+def _kwargs(cfg, exclude=()) -> dict[str, Any]:
+  d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  return {k: v for k, v in d.items() if k not in exclude}
+
+
+def _call_checked(what: str, fn, *args, **kwargs):
+  """Calls ``fn``, turning an unexpected keyword into a one-line error."""
+  params = inspect.signature(fn).parameters
+  valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+  for k in kwargs:
+    if k not in params:
+      raise ValueError(f"{what} does not take parameter {k!r}; valid parameters: "
+                       f"{', '.join(valid) or 'none'}")
+  return fn(*args, **kwargs)
+
+
+def build_network(model_cfg, input_shape, num_classes: int):
+  """Returns the network named by ``model_cfg.arch``."""
+  arch = model_cfg.arch
+  kwargs = _kwargs(model_cfg, exclude=("arch",))
+  if arch == "mlp":
+    return _call_checked("model 'mlp'", _mlp, input_shape, num_classes, **kwargs)
+  if arch in ("convnet", "lcnet"):
+    return _call_checked(f"model {arch!r}", _convnet, input_shape, num_classes,
+                         local=arch == "lcnet", **kwargs)
+  if arch in RECURRENT_ARCHS:
+    from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
+    return recurrent.make_network(arch, input_shape, num_classes, **kwargs)
+  raise ValueError(f"unknown model.arch {arch!r}; valid choices: {', '.join(ARCHS)}")
+
+
+def _mlp(input_shape, num_classes, *, widths=(256,), activation="tanh",
+         output_activation="identity", kernel_init="glorot_uniform", init_gain=1.0,
+         batch_norm=False):
+  return nets.mlp(input_shape, tuple(widths), num_classes, activation=activation,
+                  output_activation=output_activation, kernel_init=kernel_init,
+                  init_gain=init_gain, batch_norm=batch_norm)
+
+
+def _convnet(input_shape, num_classes, *, local, convs=(), dense=(), activation="relu",
+             pool="max_pool:2:2", batch_norm=False, bn_after_activation=False,
+             kernel_init="glorot_uniform", init_gain=1.0, conv_bias=True,
+             output_activation="identity"):
+  return nets.convnet(input_shape, [tuple(c) for c in convs], tuple(dense), num_classes,
+                      activation=activation, pool=pool or None, batch_norm=batch_norm,
+                      bn_after_activation=bn_after_activation, kernel_init=kernel_init,
+                      init_gain=init_gain, conv_bias=conv_bias, local=local,
+                      output_activation=output_activation)
+
+
+def build_rule(rule_cfg, net) -> rules.LearningRule:
+  """Returns the learning rule named by ``rule_cfg.name`` for ``net``."""
+  name = rule_cfg.name
+  kwargs = _kwargs(rule_cfg, exclude=("name",))
+  recurrent_net = not isinstance(net, nets.Network)
+  if name in rules.FEEDFORWARD_RULES:
+    if recurrent_net:
+      raise ValueError(f"rule {name!r} trains feedforward networks ({', '.join(FEEDFORWARD_ARCHS)});"
+                       f" for a recurrent network use one of: {', '.join(RECURRENT_RULES)}")
+    return _call_checked(f"rule {name!r}", rules.FEEDFORWARD_RULES[name], net, **kwargs)
+  if name in RECURRENT_RULES:
+    if not recurrent_net:
+      raise ValueError(f"rule {name!r} needs a convergent recurrent network "
+                       f"({', '.join(RECURRENT_ARCHS)}); for a feedforward network use one of: "
+                       f"{', '.join(rules.FEEDFORWARD_RULES)}")
+    from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
+    return recurrent.make_rule(name, net, **kwargs)
+  valid = list(rules.FEEDFORWARD_RULES) + list(RECURRENT_RULES)
+  raise ValueError(f"unknown rule.name {name!r}; valid choices: {', '.join(valid)}")
+
+
+def build_reference_rule(net) -> rules.LearningRule:
+  """The rule whose updates alignment metrics compare against (exact gradients)."""
+  if isinstance(net, nets.Network):
+    return rules.backprop(net)
+  from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
+  return recurrent.make_rule("rbp", net)

@@ -1,0 +1,420 @@
+"""Image-classification data: dataset specs, loading, and on-device transforms.
+
+Loading happens once, on the host: :func:`load` reads a prepared TFDS dataset
+(ArrayRecord format) through ``tfds.data_source`` and decodes it, in bounded
+chunks, into one ``uint8`` image array and one ``int32`` label array. Everything
+after that runs on the accelerator as pure, jit-able ``jax.numpy`` code:
+:func:`epoch_permutation` for shuffling, :func:`random_crop_flip` for
+augmentation and :func:`normalize` for scaling.
+
+Example::
+
+    from jaxbio import data
+    train = data.load('mnist', 'train[:90%]', data.shared_data_dir())
+    perm = data.epoch_permutation(seed=0, epoch=3, n=len(train.labels))
+    x = data.normalize(train.images[perm[:128]], train.spec, 'standardize')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, NamedTuple, Sequence
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+NORMALIZE_MODES = ('scale', 'standardize')
+_DEFAULT_CHUNK_SIZE = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Static facts about one image-classification dataset.
+
+  Attributes:
+    name: TFDS name, e.g. ``'cifar10'`` or ``'imagenet_resized/32x32'``.
+    num_classes: Number of label classes.
+    image_shape: ``(H, W, C)`` of one decoded image.
+    mean: Per-channel pixel mean, in ``[0, 1]`` pixel units.
+    std: Per-channel pixel standard deviation, in ``[0, 1]`` pixel units.
+    train_split: Name of the training split.
+    test_split: Name of the held-out split used for evaluation.
+  """
+
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  train_split: str = 'train'
+  test_split: str = 'test'
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec('mnist', 10, (28, 28, 1), (0.1307,), (0.3081,)),
+        DatasetSpec('fashion_mnist', 10, (28, 28, 1), (0.2860,), (0.3530,)),
+        DatasetSpec(
+            'cifar10', 10, (32, 32, 3),
+            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        DatasetSpec(
+            'cifar100', 100, (32, 32, 3),
+            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        DatasetSpec(
+            'svhn_cropped', 10, (32, 32, 3),
+            (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+        DatasetSpec(
+            'imagenet_resized/32x32', 1000, (32, 32, 3),
+            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+            test_split='validation'),
+    )
+}
+
+
+class DatasetNotFoundError(ValueError):
+  """The requested dataset is not prepared in the data directory."""
+
+
+class ArrayDataset(NamedTuple):
+  """One split of a dataset, fully decoded into host memory.
+
+  Attributes:
+    images: ``uint8`` array of shape ``(N, H, W, C)``.
+    labels: ``int32`` array of shape ``(N,)``.
+    spec: The dataset's :class:`DatasetSpec`.
+    split: The TFDS split string that was loaded, e.g. ``'train[:90%]'``.
+  """
+
+  images: np.ndarray
+  labels: np.ndarray
+  spec: DatasetSpec
+  split: str
+
+
+# ----------------------------------------------------------------- locations
+
+
+def get_spec(name: str) -> DatasetSpec:
+  """Looks up a dataset's spec by name.
+
+  Args:
+    name: A key of :data:`DATASETS`.
+
+  Returns:
+    The :class:`DatasetSpec`.
+
+  Raises:
+    ValueError: If ``name`` is not a known dataset.
+  """
+  if name not in DATASETS:
+    raise ValueError(
+        f'unknown dataset {name!r}; valid choices: {sorted(DATASETS)}')
+  return DATASETS[name]
+
+
+def resolve_data_dir(data_dir: str | None) -> str:
+  """Picks the TFDS data directory.
+
+  Precedence: the explicit argument, then ``$TFDS_DATA_DIR``, then the TFDS
+  default (``~/tensorflow_datasets``). An empty string counts as unset, so a
+  config default of ``''`` falls through. ``~`` is expanded.
+
+  Args:
+    data_dir: Explicit directory, or ``None``/``''`` for the fallbacks.
+
+  Returns:
+    The directory to read from.
+  """
+  if data_dir:
+    return os.path.expanduser(os.fspath(data_dir))
+  env = os.environ.get('TFDS_DATA_DIR')
+  if env:
+    return os.path.expanduser(env)
+  return os.path.join(os.path.expanduser('~'), 'tensorflow_datasets')
+
+
+def shared_data_dir() -> str | None:
+  """Returns ``<repo>/../shared/data/tfds`` if that directory exists.
+
+  ``<repo>`` is the directory that contains the ``jaxbio`` package.
+
+  Returns:
+    The absolute path as a string, or ``None`` if it does not exist.
+  """
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  path = repo.parent / 'shared' / 'data' / 'tfds'
+  return str(path) if path.is_dir() else None
+
+
+# ------------------------------------------------------------------- loading
+
+
+def load(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    *,
+    chunk_size: int = _DEFAULT_CHUNK_SIZE,
+) -> ArrayDataset:
+  """Loads one split of a prepared TFDS dataset into host memory.
+
+  Args:
+    name: A key of :data:`DATASETS`.
+    split: A TFDS split string; slices such as ``'train[:90%]'``,
+      ``'train[-5000:]'`` or ``'train+test'`` are supported.
+    data_dir: Data directory, resolved by :func:`resolve_data_dir`.
+    chunk_size: Records decoded per ``__getitems__`` call; bounds the memory
+      held in decoded Python objects at any time.
+
+  Returns:
+    The decoded :class:`ArrayDataset`.
+
+  Raises:
+    ValueError: If ``name``, ``split`` or ``chunk_size`` is invalid, or the
+      dataset is stored in a format without random access.
+    DatasetNotFoundError: If the dataset is not prepared in the directory.
+  """
+  spec = get_spec(name)
+  if not isinstance(split, str) or not split:
+    raise ValueError(
+        f'split must be a non-empty TFDS split string such as '
+        f"{spec.train_split!r} or '{spec.train_split}[:90%]', got {split!r}")
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}')
+  root = resolve_data_dir(data_dir)
+  source = _open_source(spec, split, root)
+  images, labels = _decode_all(source, spec, chunk_size)
+  return ArrayDataset(images=images, labels=labels, spec=spec, split=split)
+
+
+def _open_source(spec: DatasetSpec, split: str, root: str) -> Sequence[Any]:
+  """Opens a TFDS data source, turning failures into one-line errors."""
+  try:
+    source = tfds.data_source(
+        spec.name, split=split, data_dir=root, download=False)
+    len(source)  # Split slicing is resolved lazily; surface its errors here.
+    return source
+  except Exception as err:  # pylint: disable=broad-except
+    infos = _prepared_infos(spec.name, root)
+    if not infos:
+      raise DatasetNotFoundError(_not_found_message(spec.name, root)) from None
+    if not any(i.get('fileFormat') == 'array_record' for i in infos):
+      raise ValueError(_wrong_format_message(spec.name, root, infos)) from None
+    if isinstance(err, ValueError):
+      splits = sorted({s['name'] for i in infos for s in i.get('splits', [])})
+      reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
+      raise ValueError(
+          f'cannot read split {split!r} of dataset {spec.name!r} ({reason}); '
+          f'valid splits: {splits}, optionally sliced like '
+          f"'{spec.train_split}[:90%]'") from None
+    raise
+
+
+def _prepared_infos(name: str, root: str) -> list[dict[str, Any]]:
+  """Returns the ``dataset_info.json`` contents of each prepared version."""
+  infos = []
+  versions = epath.Path(root).joinpath(name)
+  for path in sorted(versions.glob('*/dataset_info.json')):
+    try:
+      infos.append(json.loads(path.read_text()))
+    except (OSError, ValueError):
+      continue
+  return infos
+
+
+def _not_found_message(name: str, root: str) -> str:
+  return (
+      f'dataset {name!r} not found in {root}; prepare it with '
+      f'`tfds build {name} --data_dir={root} --file_format=array_record` '
+      '(or set --config.dataset.data_dir / $TFDS_DATA_DIR)')
+
+
+def _wrong_format_message(name: str, root: str, infos: list[dict]) -> str:
+  formats = sorted({i.get('fileFormat', 'tfrecord') for i in infos})
+  return (
+      f'dataset {name!r} in {root} is stored as {formats}, but loading needs '
+      'random access, i.e. file format array_record; rebuild it with '
+      f'`tfds build {name} --data_dir={root} --file_format=array_record`')
+
+
+def _decode_all(
+    source: Sequence[Any], spec: DatasetSpec, chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Decodes every record of ``source`` into preallocated arrays."""
+  n = len(source)
+  images = np.empty((n, *spec.image_shape), np.uint8)
+  labels = np.empty((n,), np.int32)
+  for start in range(0, n, chunk_size):
+    stop = min(start + chunk_size, n)
+    records = source.__getitems__(list(range(start, stop)))
+    images[start:stop] = _stack_images(records, spec)
+    labels[start:stop] = _stack_labels(records, spec)
+  return images, labels
+
+
+def _stack_images(records: Sequence[dict], spec: DatasetSpec) -> np.ndarray:
+  """Stacks decoded images, checking them against the spec."""
+  images = np.stack([np.asarray(r['image']) for r in records])
+  if images.shape[1:] != spec.image_shape or images.dtype != np.uint8:
+    raise ValueError(
+        f'dataset {spec.name!r} decoded to images of shape {images.shape[1:]} '
+        f'and dtype {images.dtype}; expected {spec.image_shape} and uint8')
+  return images
+
+
+def _stack_labels(records: Sequence[dict], spec: DatasetSpec) -> np.ndarray:
+  """Stacks decoded labels, checking they lie in ``[0, num_classes)``."""
+  labels = np.asarray([int(r['label']) for r in records], np.int64)
+  bad = labels[(labels < 0) | (labels >= spec.num_classes)]
+  if bad.size:
+    raise ValueError(
+        f'dataset {spec.name!r} has label {int(bad[0])} outside '
+        f'[0, {spec.num_classes})')
+  return labels.astype(np.int32)
+
+
+# ---------------------------------------------------------- device transforms
+
+
+def normalize(
+    images: jax.Array,
+    spec_or_mean_std: DatasetSpec | tuple[Any, Any] | None,
+    mode: str,
+) -> jax.Array:
+  """Maps pixel values (0-255 units, uint8 or float) to float32 inputs.
+
+  Args:
+    images: ``(..., C)`` array of pixels in ``[0, 255]`` units.
+    spec_or_mean_std: A :class:`DatasetSpec`, or a ``(mean, std)`` pair of
+      per-channel values in ``[0, 1]`` units (length 1 or ``C``); ignored (may
+      be ``None``) for ``mode='scale'``.
+    mode: ``'scale'`` gives ``x / 255``; ``'standardize'`` gives
+      ``(x / 255 - mean) / std``.
+
+  Returns:
+    A float32 array of the same shape.
+
+  Raises:
+    ValueError: On an unknown ``mode`` or malformed mean/std.
+  """
+  if mode not in NORMALIZE_MODES:
+    raise ValueError(
+        f'unknown normalize mode {mode!r}; valid choices: '
+        f'{list(NORMALIZE_MODES)}')
+  x = jnp.asarray(images).astype(jnp.float32) / 255.0
+  if mode == 'scale':
+    return x
+  mean, std = _mean_std(spec_or_mean_std, x.shape[-1])
+  return (x - mean) / std
+
+
+def _mean_std(
+    spec_or_mean_std: Any, channels: int
+) -> tuple[jax.Array, jax.Array]:
+  """Extracts per-channel float32 mean and std vectors."""
+  if isinstance(spec_or_mean_std, DatasetSpec):
+    pair = (spec_or_mean_std.mean, spec_or_mean_std.std)
+  else:
+    pair = spec_or_mean_std
+  try:
+    mean, std = pair
+  except (TypeError, ValueError):
+    raise ValueError(
+        'spec_or_mean_std must be a DatasetSpec or a (mean, std) pair, got '
+        f'{spec_or_mean_std!r}') from None
+  mean = jnp.atleast_1d(jnp.asarray(mean, jnp.float32))
+  std = jnp.atleast_1d(jnp.asarray(std, jnp.float32))
+  for label, value in (('mean', mean), ('std', std)):
+    if value.ndim != 1 or value.shape[0] not in (1, channels):
+      raise ValueError(
+          f'{label} has shape {value.shape}; valid choices: (1,) or '
+          f'({channels},) for images with {channels} channels')
+  return mean, std
+
+
+def random_crop_flip(
+    key: jax.Array,
+    images: jax.Array,
+    *,
+    pad: int = 4,
+    flip: bool = True,
+    crop: bool = True,
+) -> jax.Array:
+  """Random translation (pad-and-crop) and horizontal flip, per example.
+
+  Each image is zero-padded by ``pad`` pixels on every side and a window of the
+  original size is cut at an independent uniform offset; independently, each
+  image is mirrored left-right with probability 1/2. Deterministic for a given
+  ``key``; jit-able; keeps the dtype (uint8 or float).
+
+  Args:
+    key: A JAX PRNG key.
+    images: ``(B, H, W, C)`` array.
+    pad: Non-negative padding in pixels (``0`` disables translation).
+    flip: Whether to apply random horizontal flips.
+    crop: Whether to apply random translations.
+
+  Returns:
+    Array of the same shape and dtype as ``images``.
+
+  Raises:
+    ValueError: If ``images`` is not 4-D or ``pad`` is not a non-negative int.
+  """
+  images = jnp.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(
+        f'images must have shape (B, H, W, C), got shape {images.shape}')
+  if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+    raise ValueError(f'pad must be a non-negative int, got {pad!r}')
+  crop_key, flip_key = jax.random.split(key)
+  if crop and pad > 0:
+    images = _random_crop(crop_key, images, pad)
+  if flip:
+    images = _random_flip(flip_key, images)
+  return images
+
+
+def _random_crop(key: jax.Array, images: jax.Array, pad: int) -> jax.Array:
+  """Zero-pads by ``pad`` and cuts an independent random window per image."""
+  batch, height, width, channels = images.shape
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  offsets = jax.random.randint(key, (batch, 2), 0, 2 * pad + 1)
+
+  def crop_one(image, offset):
+    start = (offset[0], offset[1], 0)
+    return jax.lax.dynamic_slice(image, start, (height, width, channels))
+
+  return jax.vmap(crop_one)(padded, offsets)
+
+
+def _random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+  """Mirrors each image left-right with independent probability 1/2."""
+  mask = jax.random.bernoulli(key, 0.5, (images.shape[0],))
+  return jnp.where(mask[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> jax.Array:
+  """A shuffling order of ``range(n)``, fixed by ``(seed, epoch)``.
+
+  Args:
+    seed: Base random seed.
+    epoch: Epoch index, folded into the seed's key.
+    n: Number of examples (a static Python int).
+
+  Returns:
+    An int32 array holding a permutation of ``0..n-1``.
+
+  Raises:
+    ValueError: If ``n`` is not a non-negative int.
+  """
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    raise ValueError(f'n must be a non-negative int, got {n!r}')
+  key = jax.random.fold_in(jax.random.key(seed), epoch)
+  return jax.random.permutation(key, int(n))

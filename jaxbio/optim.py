@@ -1,0 +1,48 @@
+"""Optimisers from configs."""
+
+from __future__ import annotations
+
+import optax
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+  """Builds the optimiser for the trained parameters.
+
+  Args:
+    cfg: a config with ``name`` (sgd, adam, adamw), ``learning_rate``,
+      ``momentum`` (sgd), ``b1``, ``b2``, ``eps`` (adam/adamw),
+      ``weight_decay`` (sgd: coupled L2 added to the update; adamw: decoupled),
+      and ``schedule`` (constant, cosine decay to 0 over ``total_steps``).
+    total_steps: the run's number of training steps.
+
+  Returns:
+    An optax transformation. It only ever sees the trained parameters: rule
+    state such as feedback weights is kept apart, so weight decay never
+    touches it.
+  """
+  name = cfg.name
+  if name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+  lr = cfg.learning_rate
+  if not lr > 0:
+    raise ValueError(f"optimizer.learning_rate must be > 0, got {lr}")
+  wd = cfg.get("weight_decay", 0.0)
+  if wd < 0:
+    raise ValueError(f"optimizer.weight_decay must be >= 0, got {wd}")
+  schedule_name = cfg.get("schedule", "constant")
+  if schedule_name not in SCHEDULES:
+    raise ValueError(f"unknown optimizer.schedule {schedule_name!r}; valid choices: "
+                     f"{', '.join(SCHEDULES)}")
+  schedule = lr if schedule_name == "constant" else optax.cosine_decay_schedule(lr, total_steps)
+  if name == "sgd":
+    momentum = cfg.get("momentum", 0.0) or None
+    tx = optax.sgd(schedule, momentum=momentum)
+    return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
+  kwargs = dict(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8))
+  if name == "adam":
+    tx = optax.adam(schedule, **kwargs)
+    return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
+  return optax.adamw(schedule, weight_decay=wd, **kwargs)

@@ -1,0 +1,376 @@
+"""Training loop: ``train_and_evaluate(config, workdir)``.
+
+Design:
+
+* The datasets that fit in memory live on the devices as uint8 arrays; each
+  compiled call runs up to ``steps_per_call`` training steps (a
+  ``lax.fori_loop``), gathering, augmenting and normalising its batches on
+  device, so the loop is bound neither by Python nor by the input pipeline.
+* Training is data parallel over all devices: batches are sharded on the
+  ``data`` axis of a 1-D mesh, parameters and rule state are replicated, and
+  ``jax.jit`` inserts the gradient reductions.
+* A non-finite loss, update or state stops the run with the step number and
+  the quantity; the state returned (and saved) is the last good one.
+* Alignment metrics run every ``alignment_every`` steps in their own compiled
+  call, so the other steps do not pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, NamedTuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxbio import build, data, optim
+from jaxbio.metrics.alignment import alignment_metrics
+from jaxbio.rules.base import with_penalty
+
+CONFIG_VERSION = 1
+# Codes of the quantity that first became non-finite.
+_NONFINITE = {1: "loss", 2: "update", 3: "rule or network state", 4: "parameters"}
+
+
+class TrainState(NamedTuple):
+  """Everything a run carries between steps (a pytree)."""
+  step: jax.Array
+  params: Any
+  net_state: Any
+  opt_state: Any
+  rule_state: Any
+  key: jax.Array  # raw uint32 key data, so checkpoints need no key handling.
+
+
+class NonFiniteError(FloatingPointError):
+  """A non-finite value appeared during training."""
+
+
+class Experiment(NamedTuple):
+  """The pieces a config describes, built and checked."""
+  net: Any
+  rule: Any
+  reference: Any
+  tx: optax.GradientTransformation
+  spec: Any
+  steps_per_epoch: int
+  total_steps: int
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def validate(config) -> None:
+  """Checks the config fields the trainer itself uses; raises one-line errors."""
+  version = config.get("version", CONFIG_VERSION)
+  if version != CONFIG_VERSION:
+    raise ValueError(f"config version {version} is not supported; this jaxbio reads config "
+                     f"version {CONFIG_VERSION}")
+  for field in ("batch_size", "num_epochs", "steps_per_call", "eval_batch_size"):
+    value = config.get(field)
+    if not (isinstance(value, int) and value > 0):
+      raise ValueError(f"config.{field} must be a positive integer, got {value!r}")
+  if config.alignment_every < 0:
+    raise ValueError(f"config.alignment_every must be >= 0 (0 disables), got "
+                     f"{config.alignment_every}")
+  if config.dataset.name not in data.DATASETS:
+    raise ValueError(f"unknown dataset.name {config.dataset.name!r}; valid choices: "
+                     f"{', '.join(data.DATASETS)}")
+  if config.dataset.augment not in ("none", "crop_flip", "flip"):
+    raise ValueError(f"unknown dataset.augment {config.dataset.augment!r}; valid choices: "
+                     "none, crop_flip, flip")
+
+
+def build_experiment(config, num_train: int) -> Experiment:
+  """Builds network, rule, optimiser; validates the whole config first."""
+  validate(config)
+  spec = data.DATASETS[config.dataset.name]
+  net = build.build_network(config.model, spec.image_shape, spec.num_classes)
+  rule = build.build_rule(config.rule, net)
+  homeo = config.get("homeostasis")
+  if homeo is not None and homeo.weight:
+    if isinstance(net, build.nets.Network):
+      raise ValueError("homeostasis.weight > 0 needs a convergent recurrent network "
+                       f"({', '.join(build.RECURRENT_ARCHS)}); got model.arch "
+                       f"{config.model.arch!r}")
+    from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
+    rule = with_penalty(rule, recurrent.homeostasis_penalty(net, homeo.num_probes),
+                        homeo.weight, name="homeostasis")
+  steps_per_epoch = num_train // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"config.batch_size {config.batch_size} is larger than the training set "
+                     f"({num_train} examples)")
+  total_steps = steps_per_epoch * config.num_epochs
+  tx = optim.make_optimizer(config.optimizer, total_steps)
+  return Experiment(net, rule, build.build_reference_rule(net), tx, spec, steps_per_epoch,
+                    total_steps)
+
+
+def init_state(exp: Experiment, seed: int) -> TrainState:
+  key = jax.random.key(seed)
+  k_net, k_rule, k_run = jax.random.split(key, 3)
+  params, net_state = exp.net.init(k_net)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, net_state=net_state,
+                    opt_state=exp.tx.init(params), rule_state=exp.rule.init(k_rule, params),
+                    key=jax.random.key_data(k_run))
+
+
+def make_preprocess(config, spec):
+  """Returns ``preprocess(key, uint8_images, train) -> float32 images``."""
+  augment = config.dataset.augment
+  mode = config.dataset.normalize
+
+  def preprocess(key, images, train):
+    x = images.astype(jnp.float32)
+    if train and augment != "none":
+      x = data.random_crop_flip(key, x, pad=config.dataset.crop_padding,
+                                crop=augment == "crop_flip", flip=True)
+    return data.normalize(x, spec, mode)
+
+  return preprocess
+
+
+def make_train_chunk(exp: Experiment, config, mesh):
+  """Compiles ``chunk(state, images, labels, idx, num_steps)``.
+
+  Runs ``num_steps`` (dynamic, <= ``idx.shape[0]``) training steps, step ``i``
+  on the examples ``idx[i]``. Returns the new state and sums of the training
+  metrics, plus ``bad`` (0, or the code of the quantity that became non-finite)
+  and ``bad_step``. Once a quantity is non-finite the state stops changing.
+  """
+  preprocess = make_preprocess(config, exp.spec)
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  def one_step(state: TrainState, images, labels, rows):
+    key = jax.random.wrap_key_data(state.key)
+    key, k_aug, k_rule = jax.random.split(key, 3)
+    x = jax.lax.with_sharding_constraint(images[rows], batch_sharding)
+    y = jax.lax.with_sharding_constraint(labels[rows], batch_sharding)
+    batch = {"image": preprocess(k_aug, x, True), "label": y}
+    out = exp.rule.update(state.params, state.net_state, state.rule_state, batch, k_rule)
+    updates, opt_state = exp.tx.update(out.grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = TrainState(state.step + 1, params, out.net_state, opt_state, out.state,
+                     jax.random.key_data(key))
+    checks = jnp.stack([_all_finite(out.metrics["loss"]), _all_finite(out.grads),
+                        _all_finite((out.state, out.net_state)), _all_finite(params)])
+    bad = jnp.where(jnp.all(checks), 0, jnp.argmin(checks) + 1)
+    return new, out.metrics, bad
+
+  def chunk(state: TrainState, images, labels, idx, num_steps):
+    zero_metrics = jax.eval_shape(lambda s: one_step(s, images, labels, idx[0])[1], state)
+    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), zero_metrics)
+
+    def body(i, carry):
+      state, sums, bad, bad_step = carry
+      new, metrics, step_bad = one_step(state, images, labels, idx[i])
+      ok = (bad == 0) & (step_bad == 0)
+      state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+      sums = jax.tree.map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
+      first_bad = (bad == 0) & (step_bad != 0)
+      bad_step = jnp.where(first_bad, state.step + 1, bad_step)
+      bad = jnp.where(first_bad, step_bad, bad)
+      return state, sums, bad, bad_step
+
+    state, sums, bad, bad_step = jax.lax.fori_loop(
+        0, num_steps, body, (state, sums0, jnp.int32(0), jnp.int32(-1)))
+    return state, sums, bad, bad_step
+
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(chunk, donate_argnums=(0,), out_shardings=replicated)
+
+
+def make_eval(exp: Experiment, config, mesh):
+  """Compiles ``evaluate(params, net_state, images, labels) -> (loss_sum, correct)``."""
+  preprocess = make_preprocess(config, exp.spec)
+  eval_bs = config.eval_batch_size
+
+  def evaluate(params, net_state, images, labels):
+    n = images.shape[0]
+    num_batches = -(-n // eval_bs)
+    pad = num_batches * eval_bs - n
+    images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
+    labels = jnp.pad(labels, (0, pad))
+    valid = jnp.arange(num_batches * eval_bs) < n
+
+    def one(args):
+      x, y, m = args
+      logits, _ = exp.net.apply(params, net_state, preprocess(None, x, False), train=False)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      correct = jnp.argmax(logits, -1) == y
+      return jnp.sum(jnp.where(m, losses, 0.0)), jnp.sum(correct & m)
+
+    shape = lambda a: a.reshape((num_batches, eval_bs) + a.shape[1:])
+    losses, correct = jax.lax.map(one, (shape(images), shape(labels), shape(valid)))
+    return jnp.sum(losses), jnp.sum(correct)
+
+  return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
+
+
+class _Writers:
+  """metrics.jsonl and TensorBoard event files in the workdir (process 0 only)."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      try:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # TensorBoard logging is optional.
+        logging.warning("tensorboardX is not installed; no TensorBoard event files")
+
+  def write(self, step: int, record: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb:
+      self._tb.close()
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def make_mesh(devices) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh whose sharding XLA propagates automatically."""
+  return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates ``workdir``; one-line errors if it is a file or not writable."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"workdir {workdir} exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"cannot create workdir {workdir}: {e.strerror}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f"workdir {workdir} is not writable")
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Trains ``config``'s rule and network on its dataset; logs to ``workdir``.
+
+  Args:
+    config: an experiment ``ConfigDict`` (see ``launch/configs``).
+    workdir: where ``metrics.jsonl``, TensorBoard events and checkpoints go.
+
+  Returns:
+    The last epoch's record (train/test loss and accuracy, alignment, timing).
+  """
+  # Every config error surfaces before data are looked for or anything is written.
+  build_experiment(config, num_train=config.batch_size)
+  check_workdir(workdir)
+  data_dir = config.dataset.get("data_dir") or None
+  train_ds = data.load(config.dataset.name, config.dataset.train_split, data_dir)
+  test_ds = data.load(config.dataset.name, config.dataset.test_split, data_dir)
+  exp = build_experiment(config, len(train_ds.labels))
+
+  devices = jax.devices()
+  if config.batch_size % len(devices):
+    raise ValueError(f"config.batch_size {config.batch_size} is not divisible by the "
+                     f"{len(devices)} devices")
+  mesh = make_mesh(devices)
+  replicated = NamedSharding(mesh, P())
+  train_images = jax.device_put(train_ds.images, replicated)
+  train_labels = jax.device_put(train_ds.labels, replicated)
+  test_images = jax.device_put(test_ds.images, replicated)
+  test_labels = jax.device_put(test_ds.labels, replicated)
+
+  state = jax.device_put(init_state(exp, config.seed), replicated)
+  chunk_fn = make_train_chunk(exp, config, mesh)
+  eval_fn = make_eval(exp, config, mesh)
+  preprocess = make_preprocess(config, exp.spec)
+  align_fn = jax.jit(lambda s, x, y, k: alignment_metrics(
+      exp.rule, exp.reference, s.params, s.net_state, s.rule_state,
+      {"image": preprocess(None, x, False), "label": y}, k))
+
+  writers = _Writers(workdir, jax.process_index() == 0)
+  bs, spe, total = config.batch_size, exp.steps_per_epoch, exp.total_steps
+  n_train = len(train_ds.labels)
+  logging.info("jaxbio: %s on %s with %s (%d parameters), %d epochs x %d steps, %d device(s)",
+               config.rule.name, config.dataset.name, config.model.arch,
+               sum(x.size for x in jax.tree.leaves(state.params)), config.num_epochs, spe,
+               len(devices))
+  step = int(state.step)
+  record: dict[str, float] = {}
+  epoch_sums, epoch_steps, last_align = None, 0, {}
+  t_start, t_last_log, steps_at_start = time.time(), 0.0, step
+  k_call = config.steps_per_call
+  try:
+    while step < total:
+      epoch, pos = divmod(step, spe)
+      perm = data.epoch_permutation(config.seed, epoch, n_train)
+      n = min(k_call, spe - pos)
+      if config.alignment_every:
+        n = min(n, config.alignment_every - step % config.alignment_every)
+      idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
+      idx = jnp.pad(idx, ((0, k_call - n), (0, 0)))  # fixed shape: one compilation.
+      state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, idx,
+                                            jnp.int32(n))
+      if int(bad):
+        raise NonFiniteError(f"non-finite {_NONFINITE[int(bad)]} at step {int(bad_step)}; "
+                             f"the state of step {int(bad_step) - 1} is kept")
+      step += n
+      epoch_sums = sums if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, sums)
+      epoch_steps += n
+      if config.alignment_every and step % config.alignment_every == 0:
+        rows = perm[(pos + n - 1) * bs:(pos + n) * bs] if pos + n <= spe else perm[:bs]
+        last_align = {k: float(v) for k, v in align_fn(
+            state, train_images[rows], train_labels[rows], jax.random.key(step)).items()}
+      now = time.time()
+      if now - t_last_log > config.log_every_secs or step == total:
+        rate = (step - steps_at_start) / max(now - t_start, 1e-9)
+        logging.info("step %d/%d (epoch %d) %.1f steps/s ETA %s train loss %.4f acc %.4f",
+                     step, total, epoch + 1, rate, _fmt_time((total - step) / max(rate, 1e-9)),
+                     float(sums["loss"]) / n, float(sums["accuracy"]) / n)
+        t_last_log = now
+      if step % spe == 0:
+        loss_sum, correct = eval_fn(state.params, state.net_state, test_images, test_labels)
+        n_test = len(test_ds.labels)
+        record = {"epoch": step // spe,
+                  **{f"train/{k}": float(v) / epoch_steps for k, v in epoch_sums.items()},
+                  "test/loss": float(loss_sum) / n_test,
+                  "test/accuracy": float(correct) / n_test,
+                  "test/error_pct": 100.0 * (1 - float(correct) / n_test),
+                  **{f"align/{k}": v for k, v in last_align.items()},
+                  "time/elapsed_s": time.time() - t_start,
+                  "time/steps_per_s": (step - steps_at_start) / (time.time() - t_start)}
+        logging.info("epoch %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f%s",
+                     record["epoch"], record["train/loss"], record["train/accuracy"],
+                     record["test/loss"], record["test/accuracy"],
+                     "" if not last_align else
+                     f" | update angle to {exp.reference.name} "
+                     f"{last_align.get('update_angle/all', float('nan')):.1f} deg")
+        writers.write(step, record)
+        epoch_sums, epoch_steps = None, 0
+  finally:
+    writers.close()
+  return record

@@ -1,0 +1,26 @@
+"""Defaults shared by every experiment config."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the fields every experiment has; experiment files fill them in."""
+  c = ml_collections.ConfigDict()
+  c.version = 1
+  c.seed = 0
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_epochs = 10
+  c.steps_per_call = 100        # training steps per compiled call.
+  c.alignment_every = 500       # steps between alignment metrics (0: never).
+  c.log_every_secs = 10.0
+  c.dataset = ml_collections.ConfigDict(dict(
+      name="mnist", data_dir="", train_split="train", test_split="test",
+      normalize="scale", augment="none", crop_padding=4))
+  c.model = ml_collections.ConfigDict(dict(arch="mlp"))
+  c.rule = ml_collections.ConfigDict(dict(name="bp"))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0,
+      weight_decay=0.0, schedule="constant"))
+  c.homeostasis = ml_collections.ConfigDict(dict(weight=0.0, num_probes=5))
+  return c

@@ -1,0 +1,166 @@
+"""The launcher and train_and_evaluate, end to end, and their bad-input errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxbio import data, train
+from jaxbio.data import testing as data_testing
+from launch.configs import bartunov_mnist_fc
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = data.shared_data_dir()
+
+
+def _launch(tmp_path, *flags, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "launch.main", f"--workdir={tmp_path}", *flags]
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _small(config):
+  config.dataset.train_split = "train[:2560]"
+  config.dataset.test_split = "test[:1000]"
+  config.num_epochs = 2
+  config.steps_per_call = 7
+  config.alignment_every = 10
+  return config
+
+
+@pytest.mark.skipif(SHARED is None, reason="../shared/data/tfds (real MNIST) not present")
+def test_launcher_runs_end_to_end_on_real_mnist(tmp_path):
+  proc = _launch(tmp_path, "--config=launch/configs/bartunov_mnist_fc.py:fa",
+                 f"--config.dataset.data_dir={SHARED}", "--config.dataset.train_split=train[:2560]",
+                 "--config.dataset.test_split=test[:1000]", "--config.num_epochs=2",
+                 "--config.alignment_every=10", "--config.optimizer.learning_rate=0.001")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert records[-1]["test/accuracy"] > 0.6   # 20 steps of FA on real digits.
+  assert "align/feedback_angle/layer1" in records[-1]
+  assert "align/update_angle/all" in records[-1]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  assert "steps/s" in proc.stderr and "ETA" in proc.stderr
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.rule.name=bogus", "unknown rule.name 'bogus'; valid choices: bp, fa, dfa"),
+    ("--config.dataset.name=bogus", "unknown dataset.name 'bogus'; valid choices: mnist"),
+    ("--config.model.arch=bogus", "unknown model.arch 'bogus'; valid choices: mlp"),
+    ("--config.optimizer.learning_rate=-0.1", "learning_rate must be > 0, got -0.1"),
+    ("--config.optimizer.name=rmsprop", "unknown optimizer 'rmsprop'; valid choices: sgd"),
+    ("--config.model.activation=swish", "unknown activation 'swish'; valid choices:"),
+    ("--config.rule.name=hep", "rule 'hep' needs a convergent recurrent network"),
+    ("--config.homeostasis.weight=1.0", "homeostasis.weight > 0 needs a convergent recurrent"),
+    ("--config.batch_size=0", "config.batch_size must be a positive integer, got 0"),
+])
+def test_bad_flags_fail_with_one_line(tmp_path, flag, message):
+  proc = _launch(tmp_path / "w", "--config=launch/configs/bartunov_mnist_fc.py:bp",
+                 "--config.dataset.data_dir=" + str(tmp_path / "nodata"), flag)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("jaxbio: error:"), proc.stderr[-2000:]
+  assert message in last
+
+
+def test_missing_dataset_and_bad_workdir(tmp_path):
+  proc = _launch(tmp_path / "w", "--config=launch/configs/bartunov_mnist_fc.py:bp",
+                 f"--config.dataset.data_dir={tmp_path / 'empty'}")
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "not found in" in last and str(tmp_path / "empty") in last
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  config = bartunov_mnist_fc.get_config("bp")
+  with pytest.raises(ValueError, match="is not a directory"):
+    train.train_and_evaluate(config, str(afile))
+  assert afile.read_text() == "x"
+
+
+def test_unknown_config_field_and_config_arg():
+  with pytest.raises(ValueError, match="valid choices: bp, fa, dfa"):
+    bartunov_mnist_fc.get_config("kp")
+
+
+@pytest.mark.parametrize("rule,arch", [("dfa", "mlp"), ("kp", "lcnet"),
+                                       ("sign_symmetry", "convnet")])
+def test_train_and_evaluate_on_mock_data(tmp_path, rule, arch):
+  config = _small(bartunov_mnist_fc.get_config("bp"))
+  config.rule.name = rule
+  if rule == "kp":
+    config.rule.learning_rate = 1e-3
+  config.model.arch = arch
+  if arch != "mlp":
+    config.model.convs = ((8, 3, 2),)
+    config.model.dense = (16,)
+    config.model.activation = "tanh"
+    config.model.pool = "" if arch == "lcnet" else "max_pool:2:2"
+    del config.model["widths"]
+  with data_testing.mock_data(2560):
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    record = train.train_and_evaluate(config, str(tmp_path))
+  assert record["epoch"] == 2
+  assert np.isfinite(record["test/loss"])
+  assert "align/update_angle/all" in record
+
+
+def _poisoned(rule, bad_step):
+  """Wraps a rule so its updates become NaN at step ``bad_step`` (1-based)."""
+
+  def init(key, params):
+    return (rule.init(key, params), jax.numpy.int32(0))
+
+  def update(params, net_state, state, batch, key):
+    inner, count = state
+    out = rule.update(params, net_state, inner, batch, key)
+    scale = jax.numpy.where(count + 1 == bad_step, jax.numpy.nan, 1.0)
+    grads = jax.tree.map(lambda g: g * scale, out.grads)
+    return out._replace(grads=grads, state=(out.state, count + 1))
+
+  return rule._replace(init=init, update=update)
+
+
+def test_divergence_stops_at_the_step_and_keeps_last_good_state():
+  config = _small(bartunov_mnist_fc.get_config("bp"))
+  config.model.widths = (8,)
+  exp = train.build_experiment(config, 2560)
+  mesh = train.make_mesh(jax.devices())
+  rng = np.random.default_rng(0)
+  images = jax.numpy.asarray(rng.integers(0, 256, (2560, 28, 28, 1), np.uint8))
+  labels = jax.numpy.asarray(rng.integers(0, 10, (2560,), np.int32))
+  idx = jax.numpy.arange(7 * 128, dtype=jax.numpy.int32).reshape(7, 128)
+
+  def run(bad_step, n):
+    e = exp._replace(rule=_poisoned(exp.rule, bad_step))
+    chunk = train.make_train_chunk(e, config, mesh)
+    return chunk(train.init_state(e, 0), images, labels, idx, jax.numpy.int32(n))
+
+  state, _, bad, bad_step = run(bad_step=6, n=7)
+  assert train._NONFINITE[int(bad)] == "update" and int(bad_step) == 6
+  clean, _, ok, _ = run(bad_step=-1, n=5)
+  assert int(ok) == 0 and int(state.step) == 5
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(clean.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_chunk_compiles_once_for_every_chunk_length():
+  config = _small(bartunov_mnist_fc.get_config("bp"))
+  config.model.widths = (8,)
+  exp = train.build_experiment(config, 2560)
+  mesh = train.make_mesh(jax.devices())
+  chunk = train.make_train_chunk(exp, config, mesh)
+  images = jax.numpy.zeros((2560, 28, 28, 1), jax.numpy.uint8)
+  labels = jax.numpy.zeros((2560,), jax.numpy.int32)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.device_put(train.init_state(exp, 0), replicated)
+  idx = jax.numpy.zeros((config.steps_per_call, config.batch_size), jax.numpy.int32)
+  for n in (7, 3, 1):
+    state, sums, bad, _ = chunk(state, images, labels, idx, jax.numpy.int32(n))
+  assert int(state.step) == 11 and int(bad) == 0
+  assert chunk._cache_size() == 1
