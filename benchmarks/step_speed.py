@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbio import train
-from launch.configs import bartunov_mnist_fc
+from launch.configs import bartunov
 
 _RULES = flags.DEFINE_list("rules", ["bp", "fa", "dfa", "kp", "sign_symmetry"], "Rules to time.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -78,7 +78,7 @@ def main(argv):
   print("| rule | ms/step | x floor (peak) | x floor (step shapes) | fraction of peak |")
   print("|---|---|---|---|---|")
   for rule in _RULES.value:
-    config = bartunov_mnist_fc.get_config("bp")
+    config = bartunov.get_config("mnist,fc,bp")
     config.rule.name = rule
     if rule == "kp":
       config.rule.learning_rate = config.optimizer.learning_rate

@@ -299,18 +299,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                      f"{len(devices)} devices")
   mesh = make_mesh(devices)
   replicated = NamedSharding(mesh, P())
-  train_images = jax.device_put(train_ds.images, replicated)
-  train_labels = jax.device_put(train_ds.labels, replicated)
-  test_images = jax.device_put(test_ds.images, replicated)
-  test_labels = jax.device_put(test_ds.labels, replicated)
+  # Every process holds the (small) decoded split; each device gathers only its
+  # slice of every batch inside the compiled step.
+  put = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
+  train_images, train_labels = put(train_ds.images), put(train_ds.labels)
+  test_images, test_labels = put(test_ds.images), put(test_ds.labels)
 
-  state = jax.device_put(init_state(exp, config.seed), replicated)
+  state = jax.jit(lambda: init_state(exp, config.seed), out_shardings=replicated)()
   chunk_fn = make_train_chunk(exp, config, mesh)
   eval_fn = make_eval(exp, config, mesh)
   preprocess = make_preprocess(config, exp.spec)
   align_fn = jax.jit(lambda s, x, y, k: alignment_metrics(
       exp.rule, exp.reference, s.params, s.net_state, s.rule_state,
-      {"image": preprocess(None, x, False), "label": y}, k))
+      {"image": preprocess(None, x, False), "label": y}, jax.random.wrap_key_data(k)),
+                     out_shardings=replicated)
 
   writers = _Writers(workdir, jax.process_index() == 0)
   bs, spe, total = config.batch_size, exp.steps_per_epoch, exp.total_steps
@@ -327,14 +329,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   try:
     while step < total:
       epoch, pos = divmod(step, spe)
-      perm = data.epoch_permutation(config.seed, epoch, n_train)
+      perm = np.asarray(data.epoch_permutation(config.seed, epoch, n_train))
       n = min(k_call, spe - pos)
       if config.alignment_every:
         n = min(n, config.alignment_every - step % config.alignment_every)
       idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
-      idx = jnp.pad(idx, ((0, k_call - n), (0, 0)))  # fixed shape: one compilation.
+      idx = put(np.pad(idx, ((0, k_call - n), (0, 0))))  # fixed shape: one compilation.
       state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, idx,
-                                            jnp.int32(n))
+                                            put(np.int32(n)))
       if int(bad):
         raise NonFiniteError(f"non-finite {_NONFINITE[int(bad)]} at step {int(bad_step)}; "
                              f"the state of step {int(bad_step) - 1} is kept")
@@ -342,9 +344,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       epoch_sums = sums if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, sums)
       epoch_steps += n
       if config.alignment_every and step % config.alignment_every == 0:
-        rows = perm[(pos + n - 1) * bs:(pos + n) * bs] if pos + n <= spe else perm[:bs]
+        rows = perm[(pos + n - 1) * bs:(pos + n) * bs]
         last_align = {k: float(v) for k, v in align_fn(
-            state, train_images[rows], train_labels[rows], jax.random.key(step)).items()}
+            state, put(train_ds.images[rows]), put(train_ds.labels[rows]),
+            put(jax.random.key_data(jax.random.key(step)))).items()}
       now = time.time()
       if now - t_last_log > config.log_every_secs or step == total:
         rate = (step - steps_at_start) / max(now - t_start, 1e-9)

@@ -17,6 +17,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard and "
                                "checkpoints; an existing run there is resumed.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs without "
+    "Slurm (Slurm jobs are detected automatically).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -24,8 +29,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that --help and flag errors do not pay for importing JAX.
-  from jaxbio import data, train  # pylint: disable=g-import-not-at-top
+  from jaxbio import data, distributed, train  # pylint: disable=g-import-not-at-top
   try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, data.DatasetNotFoundError, train.NonFiniteError) as e:
     logging.error("%s", e)

@@ -11,7 +11,7 @@ import pytest
 
 from jaxbio import data, train
 from jaxbio.data import testing as data_testing
-from launch.configs import bartunov_mnist_fc
+from launch.configs import bartunov
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = data.shared_data_dir()
@@ -35,7 +35,7 @@ def _small(config):
 
 @pytest.mark.skipif(SHARED is None, reason="../shared/data/tfds (real MNIST) not present")
 def test_launcher_runs_end_to_end_on_real_mnist(tmp_path):
-  proc = _launch(tmp_path, "--config=launch/configs/bartunov_mnist_fc.py:fa",
+  proc = _launch(tmp_path, "--config=launch/configs/bartunov.py:mnist,fc,fa",
                  f"--config.dataset.data_dir={SHARED}", "--config.dataset.train_split=train[:2560]",
                  "--config.dataset.test_split=test[:1000]", "--config.num_epochs=2",
                  "--config.alignment_every=10", "--config.optimizer.learning_rate=0.001")
@@ -61,7 +61,7 @@ def test_launcher_runs_end_to_end_on_real_mnist(tmp_path):
     ("--config.batch_size=0", "config.batch_size must be a positive integer, got 0"),
 ])
 def test_bad_flags_fail_with_one_line(tmp_path, flag, message):
-  proc = _launch(tmp_path / "w", "--config=launch/configs/bartunov_mnist_fc.py:bp",
+  proc = _launch(tmp_path / "w", "--config=launch/configs/bartunov.py:mnist,fc,bp",
                  "--config.dataset.data_dir=" + str(tmp_path / "nodata"), flag)
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
@@ -70,14 +70,14 @@ def test_bad_flags_fail_with_one_line(tmp_path, flag, message):
 
 
 def test_missing_dataset_and_bad_workdir(tmp_path):
-  proc = _launch(tmp_path / "w", "--config=launch/configs/bartunov_mnist_fc.py:bp",
+  proc = _launch(tmp_path / "w", "--config=launch/configs/bartunov.py:mnist,fc,bp",
                  f"--config.dataset.data_dir={tmp_path / 'empty'}")
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
   assert "not found in" in last and str(tmp_path / "empty") in last
   afile = tmp_path / "afile"
   afile.write_text("x")
-  config = bartunov_mnist_fc.get_config("bp")
+  config = bartunov.get_config("mnist,fc,bp")
   with pytest.raises(ValueError, match="is not a directory"):
     train.train_and_evaluate(config, str(afile))
   assert afile.read_text() == "x"
@@ -85,13 +85,13 @@ def test_missing_dataset_and_bad_workdir(tmp_path):
 
 def test_unknown_config_field_and_config_arg():
   with pytest.raises(ValueError, match="valid choices: bp, fa, dfa"):
-    bartunov_mnist_fc.get_config("kp")
+    bartunov.get_config("mnist,fc,hebb")
 
 
 @pytest.mark.parametrize("rule,arch", [("dfa", "mlp"), ("kp", "lcnet"),
                                        ("sign_symmetry", "convnet")])
 def test_train_and_evaluate_on_mock_data(tmp_path, rule, arch):
-  config = _small(bartunov_mnist_fc.get_config("bp"))
+  config = _small(bartunov.get_config("mnist,fc,bp"))
   config.rule.name = rule
   if rule == "kp":
     config.rule.learning_rate = 1e-3
@@ -127,7 +127,7 @@ def _poisoned(rule, bad_step):
 
 
 def test_divergence_stops_at_the_step_and_keeps_last_good_state():
-  config = _small(bartunov_mnist_fc.get_config("bp"))
+  config = _small(bartunov.get_config("mnist,fc,bp"))
   config.model.widths = (8,)
   exp = train.build_experiment(config, 2560)
   mesh = train.make_mesh(jax.devices())
@@ -150,7 +150,7 @@ def test_divergence_stops_at_the_step_and_keeps_last_good_state():
 
 
 def test_train_chunk_compiles_once_for_every_chunk_length():
-  config = _small(bartunov_mnist_fc.get_config("bp"))
+  config = _small(bartunov.get_config("mnist,fc,bp"))
   config.model.widths = (8,)
   exp = train.build_experiment(config, 2560)
   mesh = train.make_mesh(jax.devices())

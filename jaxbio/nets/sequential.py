@@ -266,8 +266,8 @@ def mlp(input_shape: Sequence[int], widths: Sequence[int], num_classes: int, *,
   layers.get_activation(activation)
   layers.get_activation(output_activation)
   hidden_post = (("bn",) if batch_norm else ()) + (activation,)
-  specs = [dict(kind="dense", features=w, post=hidden_post, kernel_init=kernel_init,
-                init_gain=init_gain) for w in widths]
+  specs = [dict(kind="dense", features=w, post=hidden_post, bias=not batch_norm,
+                kernel_init=kernel_init, init_gain=init_gain) for w in widths]
   specs.append(dict(kind="dense", features=num_classes, post=(output_activation,),
                     kernel_init=kernel_init, init_gain=init_gain))
   return sequential(input_shape, specs)
@@ -301,17 +301,20 @@ def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequen
     ops = act + bn if bn_after_activation else bn + act
     return ops + ((pool,) if (with_pool and pool) else ())
 
+  # A bias right before batch norm is cancelled by it (its true gradient is 0),
+  # so it is left out; with bn after the activation it matters and stays.
+  bias_before_bn = not batch_norm or bn_after_activation
   specs = []
   for conv in convs:
     features, kernel_size, stride, *rest = conv
     padding = rest[0] if rest else "SAME"
     specs.append(dict(kind="local" if local else "conv", features=int(features),
                       kernel_size=int(kernel_size), stride=int(stride), padding=padding,
-                      bias=conv_bias or local, post=hidden_post(True),
+                      bias=(conv_bias or local) and bias_before_bn, post=hidden_post(True),
                       kernel_init=kernel_init, init_gain=init_gain))
   for w in dense:
     specs.append(dict(kind="dense", features=int(w), post=hidden_post(False),
-                      kernel_init=kernel_init, init_gain=init_gain))
+                      bias=bias_before_bn, kernel_init=kernel_init, init_gain=init_gain))
   specs.append(dict(kind="dense", features=num_classes, post=(output_activation,),
                     kernel_init=kernel_init, init_gain=init_gain))
   return sequential(input_shape, specs)

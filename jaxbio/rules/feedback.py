@@ -25,6 +25,8 @@ propagated to the input), so its entry is ``None``.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -186,7 +188,7 @@ def direct_feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> L
     keys = jax.random.split(key, len(net.blocks) - 1)
     fb = []
     for block, k in zip(net.blocks[:-1], keys):
-      n_h = int(jnp.prod(jnp.array(block.out_shape)))
+      n_h = math.prod(block.out_shape)
       limit = feedback_scale * (6.0 / (n_out + n_h)) ** 0.5
       fb.append(jax.random.uniform(k, (n_out, n_h), jnp.float32, -limit, limit))
     return {"feedback": tuple(fb)}
