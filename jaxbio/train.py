@@ -30,7 +30,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxbio import build, data, optim
+import jaxbio
+from jaxbio import build, checkpoint, data, optim
 from jaxbio.metrics.alignment import alignment_metrics
 from jaxbio.rules.base import with_penalty
 
@@ -86,6 +87,10 @@ def validate(config) -> None:
   if config.dataset.name not in data.DATASETS:
     raise ValueError(f"unknown dataset.name {config.dataset.name!r}; valid choices: "
                      f"{', '.join(data.DATASETS)}")
+  ckpt = config.get("checkpoint")
+  if ckpt is not None and (ckpt.every_steps < 0 or ckpt.keep < 1):
+    raise ValueError(f"config.checkpoint needs every_steps >= 0 and keep >= 1, got "
+                     f"every_steps={ckpt.every_steps}, keep={ckpt.keep}")
   if config.dataset.augment not in ("none", "crop_flip", "flip"):
     raise ValueError(f"unknown dataset.augment {config.dataset.augment!r}; valid choices: "
                      "none, crop_flip, flip")
@@ -314,8 +319,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       {"image": preprocess(None, x, False), "label": y}, jax.random.wrap_key_data(k)),
                      out_shardings=replicated)
 
-  writers = _Writers(workdir, jax.process_index() == 0)
   bs, spe, total = config.batch_size, exp.steps_per_epoch, exp.total_steps
+  ckpt_every = config.checkpoint.every_steps or spe
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 keep=config.checkpoint.keep)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, meta, _ = restored
+    if meta.get("config") != json.loads(config.to_json()):
+      logging.warning("resuming %s with a config that differs from the saved one", workdir)
+    logging.info("resuming from the checkpoint of step %d", int(state.step))
+  if jax.process_index() == 0:
+    _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), int(state.step))
+  writers = _Writers(workdir, jax.process_index() == 0)
   n_train = len(train_ds.labels)
   logging.info("jaxbio: %s on %s with %s (%d parameters), %d epochs x %d steps, %d device(s)",
                config.rule.name, config.dataset.name, config.model.arch,
@@ -326,21 +342,40 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   epoch_sums, epoch_steps, last_align = None, 0, {}
   t_start, t_last_log, steps_at_start = time.time(), 0.0, step
   k_call = config.steps_per_call
+  holder = {"state": state}
+
+  def save(force=False):
+    meta = {"config": json.loads(config.to_json()), "step": int(holder["state"].step),
+            "epoch": int(holder["state"].step) // spe, "jaxbio_version": jaxbio.__version__}
+    ckpt.save(int(holder["state"].step), holder["state"], meta, force=force)
+
+  def on_preemption():
+    logging.warning("preempted (SIGTERM): saving step %d before exit", int(holder["state"].step))
+    save(force=True)
+    ckpt.wait()
+
+  preemption = checkpoint.install_preemption_handler(on_preemption)
+  preemption.__enter__()
   try:
     while step < total:
       epoch, pos = divmod(step, spe)
       perm = np.asarray(data.epoch_permutation(config.seed, epoch, n_train))
       n = min(k_call, spe - pos)
+      n = min(n, ckpt_every - step % ckpt_every)
       if config.alignment_every:
         n = min(n, config.alignment_every - step % config.alignment_every)
       idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
       idx = put(np.pad(idx, ((0, k_call - n), (0, 0))))  # fixed shape: one compilation.
       state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, idx,
                                             put(np.int32(n)))
+      holder["state"] = state
       if int(bad):
+        save(force=True)  # the state stopped at the last good step.
         raise NonFiniteError(f"non-finite {_NONFINITE[int(bad)]} at step {int(bad_step)}; "
                              f"the state of step {int(bad_step) - 1} is kept")
       step += n
+      if step % ckpt_every == 0 or step == total:
+        save(force=step == total)
       epoch_sums = sums if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, sums)
       epoch_steps += n
       if config.alignment_every and step % config.alignment_every == 0:
@@ -375,5 +410,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         writers.write(step, record)
         epoch_sums, epoch_steps = None, 0
   finally:
+    preemption.__exit__(None, None, None)
     writers.close()
+    ckpt.close()
   return record
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops records after ``step`` (logged by a run that was later resumed)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(lines)
+  os.replace(tmp, path)

@@ -23,4 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0,
       weight_decay=0.0, schedule="constant"))
   c.homeostasis = ml_collections.ConfigDict(dict(weight=0.0, num_probes=5))
+  # Checkpoints in <workdir>/checkpoints: every `every_steps` steps (0: at the end
+  # of every epoch) and at the end, keeping the last `keep`.
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=3))
   return c
