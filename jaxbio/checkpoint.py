@@ -297,12 +297,18 @@ def _concrete_sharding(sharding):
 
 
 def _abstract_leaf(x):
-  """The restore argument Orbax gets for target leaf ``x``."""
+  """The restore argument Orbax gets for target leaf ``x``.
+
+  Leaves without a concrete sharding are restored onto this process's first
+  device, so a checkpoint written by any number of processes (another
+  topology) can be read back in a single process.
+  """
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
-    return jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                sharding=_concrete_sharding(getattr(x, "sharding", None)))
+    sharding = _concrete_sharding(getattr(x, "sharding", None)) or local
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   if isinstance(x, (np.ndarray, np.generic)):
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=local)
   return x  # Python int/float/bool: Orbax restores these as such.
 
 

@@ -33,3 +33,52 @@ def test_one_and_eight_devices_agree():
   assert set(results) == {c[0] for c in CASES}
   for name, rel_diff in results.items():
     assert rel_diff < 1e-5, (name, rel_diff)
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from jaxbio import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  from launch.configs import bartunov  # pylint: disable=g-import-not-at-top
+  shared = data.shared_data_dir()
+  if shared is None:
+    pytest.skip("needs ../shared/data/tfds (real MNIST)")
+  flags = ["--config=launch/configs/bartunov.py:mnist,fc,fa", f"--config.dataset.data_dir={shared}",
+           "--config.dataset.train_split=train[:1280]", "--config.dataset.test_split=test[:500]",
+           "--config.batch_size=32", "--config.model.widths=(16,16)", "--config.num_epochs=1",
+           "--config.steps_per_call=10", "--config.alignment_every=20"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  cmd = lambda w, *extra: [sys.executable, "-m", "launch.main", f"--workdir={w}", *flags, *extra]
+  port = _free_port()
+  procs = [subprocess.Popen(cmd(tmp_path / "two", f"--coordinator_address=localhost:{port}",
+                                "--num_processes=2", f"--process_id={i}"),
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert all(p.returncode == 0 for p in procs), errs[0][-2000:] + errs[1][-2000:]
+  one = subprocess.run(cmd(tmp_path / "one"), cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert one.returncode == 0, one.stderr[-2000:]
+  config = bartunov.get_config("mnist,fc,fa")
+  config.batch_size, config.model.widths = 32, (16, 16)
+  exp = train.build_experiment(config, 1280)
+  target = jax.eval_shape(lambda: train.init_state(exp, 0))
+  states = []
+  for w in ("one", "two"):
+    ckpt = checkpoint.Checkpointer(str(tmp_path / w / "checkpoints"))
+    state, _, step = ckpt.restore_latest(target)
+    ckpt.close()
+    assert step == 40
+    states.append(state)
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  # Only process 0 logs.
+  assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
