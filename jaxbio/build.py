@@ -44,7 +44,8 @@ def build_network(model_cfg, input_shape, num_classes: int):
                          local=arch == "lcnet", **kwargs)
   if arch in RECURRENT_ARCHS:
     from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-    return recurrent.make_network(arch, input_shape, num_classes, **kwargs)
+    return _call_checked(f"model {arch!r}", recurrent.make_network, arch, input_shape,
+                         num_classes, **kwargs)
   raise ValueError(f"unknown model.arch {arch!r}; valid choices: {', '.join(ARCHS)}")
 
 
@@ -94,3 +95,11 @@ def build_reference_rule(net) -> rules.LearningRule:
     return rules.backprop(net)
   from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
   return recurrent.make_rule("rbp", net)
+
+
+def build_diagnostics(net):
+  """Network-specific periodic diagnostics ``(params, x, labels, key) -> dict``, or None."""
+  if isinstance(net, nets.Network):
+    return None
+  from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
+  return lambda params, x, labels, key: recurrent.diagnostics(net, params, x, labels, key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import ml_collections
 import optax
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -36,6 +38,10 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   if schedule_name not in SCHEDULES:
     raise ValueError(f"unknown optimizer.schedule {schedule_name!r}; valid choices: "
                      f"{', '.join(SCHEDULES)}")
+  lr_mult = dict(cfg.get("lr_multipliers", None) or {})
+  wd_mult = dict(cfg.get("wd_multipliers", None) or {})
+  if lr_mult or wd_mult:
+    return _per_group(cfg, total_steps, lr_mult, wd_mult)
   schedule = lr if schedule_name == "constant" else optax.cosine_decay_schedule(lr, total_steps)
   if name == "sgd":
     momentum = cfg.get("momentum", 0.0) or None
@@ -46,3 +52,33 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     tx = optax.adam(schedule, **kwargs)
     return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
   return optax.adamw(schedule, weight_decay=wd, **kwargs)
+
+
+def _per_group(cfg, total_steps, lr_mult, wd_mult):
+  """One optimiser per named top-level parameter group, with scaled lr and decay.
+
+  Used by the hEP ConvNet (Laborieux & Zenke 2024): SGD with each
+  connection's learning rate and coupled weight decay scaled by its own
+  multiplier; groups not named use multiplier 1.
+  """
+  groups = sorted(set(lr_mult) | set(wd_mult))
+
+  def make(group):
+    sub = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    sub.update(learning_rate=cfg.learning_rate * lr_mult.get(group, 1.0),
+               weight_decay=cfg.get("weight_decay", 0.0) * wd_mult.get(group, 1.0),
+               lr_multipliers=None, wd_multipliers=None)
+    return make_optimizer(ml_collections.ConfigDict(sub), total_steps)
+
+  def labels(params):
+    if not isinstance(params, dict):
+      raise ValueError("optimizer.lr_multipliers/wd_multipliers need parameters keyed by "
+                       "layer name (the recurrent networks)")
+    unknown = set(groups) - set(params)
+    if unknown:
+      raise ValueError(f"optimizer multipliers name unknown layers {sorted(unknown)}; valid "
+                       f"layers: {', '.join(sorted(params))}")
+    return {k: jax.tree.map(lambda _, k=k: k if k in groups else "", v)
+            for k, v in params.items()}
+
+  return optax.multi_transform({g: make(g) for g in groups + [""]}, labels)

@@ -164,3 +164,35 @@ def test_train_chunk_compiles_once_for_every_chunk_length():
     state, sums, bad, _ = chunk(state, images, labels, idx, jax.numpy.int32(n))
   assert int(state.step) == 11 and int(bad) == 0
   assert chunk._cache_size() == 1
+
+
+@pytest.mark.skipif(SHARED is None, reason="../shared/data/tfds (real Fashion-MNIST) not present")
+def test_hep_with_homeostasis_through_the_launcher(tmp_path):
+  proc = _launch(tmp_path, "--config=launch/configs/hep_fmnist.py:fig4_reciprocal,1.0,runlocal",
+                 f"--config.dataset.data_dir={SHARED}", "--config.dataset.train_split=train[:500]",
+                 "--config.dataset.test_split=test[:500]", "--config.alignment_every=10",
+                 "--config.model.t_free=40", "--config.rule.t_nudge=10")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  for key in ("train/homeostasis", "train/log10_residual", "align/jac_sym", "align/weight_angle",
+              "align/error_cos/all", "align/update_angle/all",
+              "align/feedback_angle/l1-l2|l2-l1"):
+    assert np.isfinite(record[key]), key
+  assert 0.5 <= record["align/jac_sym"] <= 1.0
+  # The readout is trained by its exact gradient: 0 degrees from RBP.
+  assert record["align/update_angle/readout.kernel"] < 0.1
+
+
+def test_hep_cnn_on_mock_cifar(tmp_path):
+  from launch.configs import hep_conv  # pylint: disable=g-import-not-at-top
+  config = hep_conv.get_config("cifar10,table2_n2,runlocal")
+  config.model.channels = (4, 4, 4, 4)
+  config.model.t_free = 4
+  config.rule.t_nudge = 2
+  config.homeostasis.num_probes = 1
+  config.alignment_every = 0
+  with data_testing.mock_data(16):
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    record = train.train_and_evaluate(config, str(tmp_path))
+  assert record["epoch"] == 1 and np.isfinite(record["test/loss"])
+  assert np.isfinite(record["train/homeostasis"])

@@ -20,6 +20,16 @@ CASES = [
      {"batch_size": 32, "model.convs": ((4, 3, 2),), "model.dense": (16,),
       "model.batch_norm": True, "model.pool": "max_pool:2:2"}),
 ]
+HEP_SMALL = {"batch_size": 16, "model.hidden": (16, 16), "model.t_free": 20, "rule.t_nudge": 5}
+CASES += [
+    ("hep_n0_homeostasis", "launch.configs.hep_fmnist", "fig4_reciprocal,1.0", HEP_SMALL),
+    ("hep_n2", "launch.configs.hep_fmnist", "table1,2,0.05", HEP_SMALL),
+    ("hep_n4", "launch.configs.hep_fmnist", "table1,4,0.5", HEP_SMALL),
+    ("bptt", "launch.configs.hep_fmnist", "fig3,bptt,45", HEP_SMALL),
+    ("hep_loop", "launch.configs.hep_fmnist", "fig4_loop,0.1", HEP_SMALL),
+    ("hep_online", "launch.configs.hep_fmnist", "online",
+     {"batch_size": 16, "model.hidden": (16, 16), "rule.t_free": 40, "rule.t_nudge": 10}),
+]
 
 
 def test_one_and_eight_devices_agree():

@@ -18,13 +18,13 @@ from jaxbio.recurrent import hep
 from jaxbio.recurrent.hep import RULES, make_rule, vector_field_grads
 from jaxbio.recurrent.homeostasis import (closed_form_homeostasis_loss, exact_homeostasis_loss,
                                           full_jacobian, homeostasis_loss, homeostasis_penalty)
-from jaxbio.recurrent.metrics import (error_alignment, fixed_point_residual, jacobian_symmetry,
+from jaxbio.recurrent.metrics import (diagnostics, error_alignment, fixed_point_residual, jacobian_symmetry,
                                       weight_angle)
 from jaxbio.recurrent.network import ARCHS, HEPNetwork, make_network, num_params
 from jaxbio.recurrent.vector_fields import VectorField, dsilu, hard_sigmoid
 
 __all__ = [
-    "ARCHS", "HEPNetwork", "RULES", "VectorField", "closed_form_homeostasis_loss", "dsilu",
+    "ARCHS", "HEPNetwork", "RULES", "VectorField", "closed_form_homeostasis_loss", "diagnostics", "dsilu",
     "error_alignment", "exact_homeostasis_loss", "fixed_point_residual", "free_phase",
     "full_jacobian", "hard_sigmoid", "hep", "homeostasis_loss", "homeostasis_penalty",
     "jacobian_symmetry", "make_network", "make_rule", "neuronal_error", "num_params",

@@ -104,21 +104,21 @@ def _finish(grads, metrics, zero_nonfinite: bool):
 
 
 def _feedback_fn(net) -> Callable:
-  """Backward weights in the forward kernels' layout, one per forward weight layer."""
-  forward = [c.name for c in net.field.connections if c.bias]
-  partner = {fwd: (bwd, transpose) for fwd, bwd, transpose in net.field.pairs}
+  """Feedback kernels paired with the forward kernels they should mirror.
+
+  Returns ``{"<forward>|<backward>": (B, K)}`` for every reciprocal pair, the
+  backward kernel brought into the forward kernel's layout (transposed for
+  dense connections), so ``B == K`` means symmetric weights. The loop MLP has
+  no reciprocal pairs, hence an empty dict.
+  """
 
   def feedback(params, rule_state):
     del rule_state
-    out = []
-    for name in forward:
-      if name in partner:
-        bwd, transpose = partner[name]
-        k = params[bwd]["kernel"]
-        out.append(k.T if transpose else k)
-      else:
-        out.append(None)
-    return tuple(out) + (None,)  # the readout has no feedback pathway.
+    out = {}
+    for fwd, bwd, transpose in net.field.pairs:
+      k = params[bwd]["kernel"]
+      out[f"{fwd}|{bwd}"] = (k.T if transpose else k, params[fwd]["kernel"])
+    return out
 
   return feedback
 
@@ -261,7 +261,7 @@ def rbp(net, *, t_nudge: int = 20, neumann: bool = False, t_free: int | None = N
     grads, metrics = _finish(grads, metrics, zero_nonfinite)
     return RuleOutput(grads, rule_state, net_state, metrics, {"fixed_point": u1})
 
-  return LearningRule(name="rbp", init=_init, update=update, feedback=lambda p, s: None)
+  return LearningRule(name="rbp", init=_init, update=update, feedback=lambda p, s: {})
 
 
 def bptt(net, *, t_nudge: int = 20, t_free: int | None = None, zero_nonfinite: bool = False,
@@ -290,7 +290,7 @@ def bptt(net, *, t_nudge: int = 20, t_free: int | None = None, zero_nonfinite: b
     grads, metrics = _finish(grads, metrics, zero_nonfinite)
     return RuleOutput(grads, rule_state, net_state, metrics, {"fixed_point": u1})
 
-  return LearningRule(name="bptt", init=_init, update=update, feedback=lambda p, s: None)
+  return LearningRule(name="bptt", init=_init, update=update, feedback=lambda p, s: {})
 
 
 RULES = {"ep": ep, "hep": hep, "hep_online": hep_online, "rbp": rbp, "bptt": bptt}

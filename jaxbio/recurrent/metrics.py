@@ -111,3 +111,28 @@ def error_alignment(net, params: dict, x: jax.Array, labels: jax.Array, *, n_poi
   flat = lambda t: jnp.concatenate([t[k].reshape(t[k].shape[0], -1) for k in sorted(t)], -1)
   out["all"] = jnp.mean(_cosine(flat(v), flat(delta)))
   return out
+
+
+def diagnostics(net, params: dict, x: jax.Array, labels: jax.Array, key: jax.Array, *,
+                exact_limit: int = 1024, jacobian_examples: int = 8) -> dict[str, jax.Array]:
+  """The per-N-steps diagnostics of a convergent network, as a flat dict.
+
+  ``jac_sym`` (exact for nets of at most ``exact_limit`` neurons, Hutchinson
+  otherwise; on the first ``jacobian_examples`` examples), ``weight_angle``
+  (degrees), ``log10_residual`` (mean log10 ‖F(u1)‖ of the free phase) and
+  ``error_cos/<layer>``: the cosine between the hEP neuronal error (N = 0)
+  and the RBP adjoint. The trainer calls this every ``alignment_every`` steps,
+  never inside the training step.
+  """
+  u = dynamics.free_phase(net, params, x)
+  sub = lambda t: jax.tree.map(lambda a: a[:jacobian_examples], t)
+  method = "exact" if net.num_neurons <= exact_limit else "hutchinson"
+  out = {
+      "jac_sym": jacobian_symmetry(net, params, x[:jacobian_examples], sub(u), method=method,
+                                   key=key),
+      "weight_angle": weight_angle(net, params),
+      "log10_residual": jnp.mean(jnp.log10(fixed_point_residual(net, params, x, u) + 1e-30)),
+  }
+  for layer, cos in error_alignment(net, params, x, labels, u=u).items():
+    out[f"error_cos/{layer}"] = cos
+  return out

@@ -16,7 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_secs = 10.0
   c.dataset = ml_collections.ConfigDict(dict(
       name="mnist", data_dir="", train_split="train", test_split="test",
-      normalize="scale", augment="none", crop_padding=4))
+      normalize="scale", augment="none", crop_padding=4, std_multiplier=1.0))
   c.model = ml_collections.ConfigDict(dict(arch="mlp"))
   c.rule = ml_collections.ConfigDict(dict(name="bp"))
   c.optimizer = ml_collections.ConfigDict(dict(
