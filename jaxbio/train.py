@@ -417,6 +417,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                      "" if not last_align else
                      f" | update angle to {exp.reference.name} "
                      f"{last_align.get('update_angle/all', float('nan')):.1f} deg")
+        unsettled = record.get("train/unsettled_frac", 0.0)
+        if unsettled > 0:
+          logging.warning("epoch %d: %.1f%% of training examples did not settle in the free "
+                          "phase (residual above the rule's threshold); consider a longer "
+                          "t_free", record["epoch"], 100 * unsettled)
         writers.write(step, record)
         epoch_sums, epoch_steps = None, 0
   finally:

@@ -7,6 +7,7 @@ Any config field can be overridden with ``--config.<field>=<value>``. Bad
 configs exit non-zero with one line naming the bad value and the valid choices.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -38,5 +39,49 @@ def main(argv):
     sys.exit(f"jaxbio: error: {e}")
 
 
-if __name__ == "__main__":
+def _check_config_args(argv: list[str]) -> str | None:
+  """Loads ``--config`` and checks every ``--config.a.b=`` override's field.
+
+  Returns a one-line error message, or None if all is well (absl would
+  otherwise print a multi-line traceback for these errors).
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_jaxbio_config", path)
+  if module_spec is None or not os.path.isfile(path):
+    return f"config file {path!r} not found"
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:
+    return f"{path}: {e}"
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    field = a[len("--config."):].split("=", 1)[0]
+    node = config
+    parts = field.split(".")
+    for i, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        where = ".".join(parts[:i]) or "the config"
+        valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
+        return (f"unknown config field {field!r}: {where} has no field {part!r}; valid "
+                f"fields: {valid}")
+      node = node[part]
+  return None
+
+
+def run() -> None:
+  """``app.run(main)``, with one-line errors for bad config files and overrides."""
+  message = _check_config_args(sys.argv[1:])
+  if message:
+    sys.exit(f"jaxbio: error: {message}")
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -272,3 +272,14 @@ def test_readme_example_runs():
                                                        batch, jax.random.key(i))
     losses.append(float(m["loss"]))
   assert losses[-1] < 0.5 * losses[0]
+
+
+def test_wrong_input_shape_is_a_one_line_error():
+  net = nets.mlp((28, 28, 1), [8], 10)
+  params, state = net.init(jax.random.key(0))
+  batch = {"image": jnp.zeros((4, 32, 32, 3)), "label": jnp.zeros((4,), jnp.int32)}
+  for rule in (rules.backprop(net), rules.feedback_alignment(net),
+               rules.direct_feedback_alignment(net)):
+    with pytest.raises(ValueError, match=r"input batch has shape \(4, 32, 32, 3\), but the "
+                                         r"network expects \(batch, 28, 28, 1\)"):
+      rule.update(params, state, rule.init(jax.random.key(1), params), batch, None)

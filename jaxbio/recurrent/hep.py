@@ -106,7 +106,7 @@ def _finish(grads, metrics, zero_nonfinite: bool):
 def _feedback_fn(net) -> Callable:
   """Feedback kernels paired with the forward kernels they should mirror.
 
-  Returns ``{"<forward>|<backward>": (B, K)}`` for every reciprocal pair, the
+  Returns ``{"<backward>": (B, K)}`` for every reciprocal pair, the
   backward kernel brought into the forward kernel's layout (transposed for
   dense connections), so ``B == K`` means symmetric weights. The loop MLP has
   no reciprocal pairs, hence an empty dict.
@@ -117,7 +117,7 @@ def _feedback_fn(net) -> Callable:
     out = {}
     for fwd, bwd, transpose in net.field.pairs:
       k = params[bwd]["kernel"]
-      out[f"{fwd}|{bwd}"] = (k.T if transpose else k, params[fwd]["kernel"])
+      out[bwd] = (k.T if transpose else k, params[fwd]["kernel"])
     return out
 
   return feedback
