@@ -17,14 +17,11 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
                              " --xla_force_host_platform_device_count=8")
 
 import importlib  # pylint: disable=g-import-not-at-top,wrong-import-position
-import statistics  # pylint: disable=g-import-not-at-top,wrong-import-position
-import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from jaxbio import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls (median reported).")
 
@@ -34,32 +31,9 @@ RUNS = [("BP, MNIST-FC, batch 128", "bartunov", "mnist,fc,bp", {}),
          {"batch_size": 48, "steps_per_call": 10})]
 
 
-def _time(config, devices, shape):
-  steps = config.steps_per_call
-  n = config.batch_size * steps
-  exp = train.build_experiment(config, n)
-  mesh = train.make_mesh(devices)
-  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  chunk = train.make_train_chunk(exp, config, mesh)
-  rng = np.random.default_rng(0)
-  put = lambda x: jax.device_put(x, rep)
-  images = put(rng.integers(0, 256, (n, *shape), np.uint8))
-  labels = put(rng.integers(0, 10, (n,), np.int32))
-  idx = put(np.arange(n, dtype=np.int32).reshape(steps, -1))
-  k = put(np.int32(steps))
-  state = [jax.jit(lambda: train.init_state(exp, 0), out_shardings=rep)()]
-
-  def call():
-    state[0], sums, _, _ = chunk(state[0], images, labels, idx, k)
-    jax.block_until_ready(sums)
-
-  call()
-  times = []
-  for _ in range(_REPEATS.value):
-    t = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - t)
-  return steps / statistics.median(times)
+def _steps_per_second(config, devices, shape):
+  runner = common.ChunkRunner(config, shape, devices)
+  return runner.steps / common.median_seconds(runner, _REPEATS.value)
 
 
 def main(argv):
@@ -70,8 +44,8 @@ def main(argv):
   for label, module, arg, overrides in RUNS:
     config = importlib.import_module(f"launch.configs.{module}").get_config(arg)
     config.update(overrides)
-    one = _time(config, jax.devices()[:1], (28, 28, 1))
-    eight = _time(config, jax.devices()[:8], (28, 28, 1))
+    one = _steps_per_second(config, jax.devices()[:1], (28, 28, 1))
+    eight = _steps_per_second(config, jax.devices()[:8], (28, 28, 1))
     print(f"| {label} | {one:.1f} | {eight:.1f} | {eight / one:.2f} |")
 
 

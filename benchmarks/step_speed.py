@@ -12,30 +12,18 @@ divided by the measured rate.
 
 from __future__ import annotations
 
-import time
-
 from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbio import train
+from benchmarks import common
 from launch.configs import bartunov
 
 _RULES = flags.DEFINE_list("rules", ["bp", "fa", "dfa", "kp", "sign_symmetry"], "Rules to time.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _STEPS = flags.DEFINE_integer("steps_per_call", 100, "Training steps per compiled call.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed calls per rule (median reported).")
-
-
-def _median_time(fn, repeats):
-  fn()  # compile and warm up.
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
 
 
 def matmul_rate(m: int, k: int, n: int, repeats: int = 7, chain: int = 20) -> float:
@@ -50,7 +38,7 @@ def matmul_rate(m: int, k: int, n: int, repeats: int = 7, chain: int = 20) -> fl
       return (y[:, :k] if n >= k else jnp.pad(y, ((0, 0), (0, k - n)))), None
     return jax.lax.scan(body, a, None, length=chain)[0]
 
-  t = _median_time(lambda: run(a, b).block_until_ready(), repeats)
+  t = common.median_seconds(lambda: run(a, b).block_until_ready(), repeats)
   return 2.0 * m * k * n * chain / t
 
 
@@ -84,22 +72,8 @@ def main(argv):
       config.rule.learning_rate = config.optimizer.learning_rate
     config.batch_size = batch
     config.steps_per_call = _STEPS.value
-    n = batch * _STEPS.value
-    exp = train.build_experiment(config, n)
-    mesh = train.make_mesh(jax.devices())
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    chunk = train.make_train_chunk(exp, config, mesh)
-    rng = np.random.default_rng(0)
-    images = jax.device_put(rng.integers(0, 256, (n, 28, 28, 1), np.uint8), replicated)
-    labels = jax.device_put(rng.integers(0, 10, (n,), np.int32), replicated)
-    idx = jnp.arange(n, dtype=jnp.int32).reshape(_STEPS.value, batch)
-    state = [jax.device_put(train.init_state(exp, 0), replicated)]
-
-    def call():
-      state[0], sums, _, _ = chunk(state[0], images, labels, idx, jnp.int32(_STEPS.value))
-      jax.block_until_ready(sums)
-
-    ms = 1e3 * _median_time(call, _REPEATS.value) / _STEPS.value
+    runner = common.ChunkRunner(config, (28, 28, 1))
+    ms = 1e3 * common.median_seconds(runner, _REPEATS.value) / _STEPS.value
     print(f"| {rule} | {ms:.3f} | {ms / (1e3 * flops / peak):.2f} | "
           f"{ms / (1e3 * flops / shaped):.2f} | {flops / (ms / 1e3) / peak:.2f} |")
 

@@ -91,6 +91,9 @@ def validate(config) -> None:
   if ckpt is not None and (ckpt.every_steps < 0 or ckpt.keep < 1):
     raise ValueError(f"config.checkpoint needs every_steps >= 0 and keep >= 1, got "
                      f"every_steps={ckpt.every_steps}, keep={ckpt.keep}")
+  if config.get("data_placement", "device") not in PLACEMENTS:
+    raise ValueError(f"unknown data_placement {config.data_placement!r}; valid choices: "
+                     f"{', '.join(PLACEMENTS)}")
   if config.dataset.augment not in ("none", "crop_flip", "flip"):
     raise ValueError(f"unknown dataset.augment {config.dataset.augment!r}; valid choices: "
                      "none, crop_flip, flip")
@@ -147,22 +150,32 @@ def make_preprocess(config, spec):
   return preprocess
 
 
-def make_train_chunk(exp: Experiment, config, mesh):
+PLACEMENTS = ("device", "host")
+
+
+def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
   """Compiles ``chunk(state, images, labels, idx, num_steps)``.
 
-  Runs ``num_steps`` (dynamic, <= ``idx.shape[0]``) training steps, step ``i``
-  on the examples ``idx[i]``. Returns the new state and sums of the training
-  metrics, plus ``bad`` (0, or the code of the quantity that became non-finite)
-  and ``bad_step``. Once a quantity is non-finite the state stops changing.
+  Runs ``num_steps`` (dynamic, <= ``idx.shape[0]``) training steps. With
+  ``placement="device"`` the whole split is on every device and step ``i``
+  gathers the examples ``idx[i]``; with ``"host"``, ``images`` and ``labels``
+  are the chunk's batches, ``(steps, batch, ...)``, already sharded on the
+  batch axis, and ``idx`` only gives the number of rows. Returns the new state
+  and sums of the training metrics, plus ``bad`` (0, or the code of the
+  quantity that became non-finite) and ``bad_step``. Once a quantity is
+  non-finite the state stops changing.
   """
+  if placement not in PLACEMENTS:
+    raise ValueError(f"unknown data_placement {placement!r}; valid choices: "
+                     f"{', '.join(PLACEMENTS)}")
   preprocess = make_preprocess(config, exp.spec)
   batch_sharding = NamedSharding(mesh, P("data"))
 
-  def one_step(state: TrainState, images, labels, rows):
+  def one_step(state: TrainState, images, labels, row):
     key = jax.random.wrap_key_data(state.key)
     key, k_aug, k_rule = jax.random.split(key, 3)
-    x = jax.lax.with_sharding_constraint(images[rows], batch_sharding)
-    y = jax.lax.with_sharding_constraint(labels[rows], batch_sharding)
+    x = jax.lax.with_sharding_constraint(images[row], batch_sharding)
+    y = jax.lax.with_sharding_constraint(labels[row], batch_sharding)
     batch = {"image": preprocess(k_aug, x, True), "label": y}
     out = exp.rule.update(state.params, state.net_state, state.rule_state, batch, k_rule)
     updates, opt_state = exp.tx.update(out.grads, state.opt_state, state.params)
@@ -175,12 +188,13 @@ def make_train_chunk(exp: Experiment, config, mesh):
     return new, out.metrics, bad
 
   def chunk(state: TrainState, images, labels, idx, num_steps):
-    zero_metrics = jax.eval_shape(lambda s: one_step(s, images, labels, idx[0])[1], state)
+    row = (lambda i: idx[i]) if placement == "device" else (lambda i: i)
+    zero_metrics = jax.eval_shape(lambda s: one_step(s, images, labels, row(0))[1], state)
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), zero_metrics)
 
     def body(i, carry):
       state, sums, bad, bad_step = carry
-      new, metrics, step_bad = one_step(state, images, labels, idx[i])
+      new, metrics, step_bad = one_step(state, images, labels, row(i))
       ok = (bad == 0) & (step_bad == 0)
       state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
       sums = jax.tree.map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
@@ -264,6 +278,14 @@ def _fmt_time(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _process_batch_slice(sharding, shape) -> tuple[int, int]:
+  """The contiguous range of the batch axis (axis 1) this process's devices hold."""
+  ranges = [idx[1] for idx in sharding.addressable_devices_indices_map(shape).values()]
+  lo = min(r.start or 0 for r in ranges)
+  hi = max(shape[1] if r.stop is None else r.stop for r in ranges)
+  return lo, hi
+
+
 def make_mesh(devices) -> jax.sharding.Mesh:
   """A 1-D ``data`` mesh whose sharding XLA propagates automatically."""
   return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
@@ -306,14 +328,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                      f"{len(devices)} devices")
   mesh = make_mesh(devices)
   replicated = NamedSharding(mesh, P())
-  # Every process holds the (small) decoded split; each device gathers only its
-  # slice of every batch inside the compiled step.
   put = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
-  train_images, train_labels = put(train_ds.images), put(train_ds.labels)
+  placement = config.data_placement
+  if placement == "device":
+    # The split is on every device; each device gathers its slice of every batch
+    # inside the compiled step.
+    train_images, train_labels = put(train_ds.images), put(train_ds.labels)
   test_images, test_labels = put(test_ds.images), put(test_ds.labels)
+  rows_sharding = NamedSharding(mesh, P(None, "data"))
+  lo, hi = _process_batch_slice(rows_sharding, (config.steps_per_call, config.batch_size))
+
+  def host_batches(idx):
+    """This process's slice of every batch of the chunk, as one global array."""
+    local = idx[:, lo:hi]
+    make = lambda a: jax.make_array_from_process_local_data(
+        rows_sharding, a[local], (idx.shape[0], config.batch_size) + a.shape[1:])
+    return make(train_ds.images), make(train_ds.labels)
 
   state = jax.jit(lambda: init_state(exp, config.seed), out_shardings=replicated)()
-  chunk_fn = make_train_chunk(exp, config, mesh)
+  chunk_fn = make_train_chunk(exp, config, mesh, placement)
   eval_fn = make_eval(exp, config, mesh)
   preprocess = make_preprocess(config, exp.spec)
   diagnostics = build.build_diagnostics(exp.net)
@@ -375,8 +408,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       if config.alignment_every:
         n = min(n, config.alignment_every - step % config.alignment_every)
       idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
-      idx = put(np.pad(idx, ((0, k_call - n), (0, 0))))  # fixed shape: one compilation.
-      state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, idx,
+      idx = np.pad(idx, ((0, k_call - n), (0, 0)))  # fixed shape: one compilation.
+      if placement == "host":
+        train_images, train_labels = host_batches(idx)
+      state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, put(idx),
                                             put(np.int32(n)))
       holder["state"] = state
       if int(bad):

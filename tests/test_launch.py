@@ -211,3 +211,22 @@ def test_hep_cnn_on_mock_cifar(tmp_path):
     record = train.train_and_evaluate(config, str(tmp_path))
   assert record["epoch"] == 1 and np.isfinite(record["test/loss"])
   assert np.isfinite(record["train/homeostasis"])
+
+
+def test_host_and_device_placement_train_identically(tmp_path):
+  from jaxbio import checkpoint  # pylint: disable=g-import-not-at-top
+  finals = []
+  for placement in ("device", "host"):
+    config = _small(bartunov.get_config("mnist,fc,fa"))
+    config.model.widths = (16,)
+    config.data_placement = placement
+    with data_testing.mock_data(2560):
+      config.dataset.data_dir = str(tmp_path / "tfds")
+      train.train_and_evaluate(config, str(tmp_path / placement))
+    exp = train.build_experiment(config, 2560)
+    ckpt = checkpoint.Checkpointer(str(tmp_path / placement / "checkpoints"))
+    finals.append(ckpt.restore_latest(jax.eval_shape(lambda: train.init_state(exp, 0)))[0])
+    ckpt.close()
+  assert int(finals[0].step) == int(finals[1].step) == 40
+  for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

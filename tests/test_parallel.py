@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SMALL = {"batch_size": 32, "model.widths": (16, 16)}
@@ -52,10 +54,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(tmp_path):
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_two_processes_train_like_one(tmp_path, placement):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import pytest  # pylint: disable=g-import-not-at-top
   from jaxbio import checkpoint, data, train  # pylint: disable=g-import-not-at-top
   from launch.configs import bartunov  # pylint: disable=g-import-not-at-top
   shared = data.shared_data_dir()
@@ -69,7 +71,8 @@ def test_two_processes_train_like_one(tmp_path):
   cmd = lambda w, *extra: [sys.executable, "-m", "launch.main", f"--workdir={w}", *flags, *extra]
   port = _free_port()
   procs = [subprocess.Popen(cmd(tmp_path / "two", f"--coordinator_address=localhost:{port}",
-                                "--num_processes=2", f"--process_id={i}"),
+                                "--num_processes=2", f"--process_id={i}",
+                                f"--config.data_placement={placement}"),
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
   errs = [p.communicate(timeout=300)[1] for p in procs]

@@ -1,0 +1,53 @@
+"""Shared pieces of the speed benchmarks: the trainer's compiled loop on random data."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jaxbio import train
+
+
+class ChunkRunner:
+  """The trainer's compiled chunk (``steps_per_call`` steps) on random data of the real shape.
+
+  ``runner()`` runs one call and blocks until it is done; ``runner.state`` is
+  the current train state.
+  """
+
+  def __init__(self, config, image_shape, devices=None, seed: int = 0):
+    devices = devices or jax.devices()
+    self.steps = config.steps_per_call
+    n = config.batch_size * self.steps
+    self.exp = train.build_experiment(config, n)
+    mesh = train.make_mesh(devices)
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self._chunk = train.make_train_chunk(self.exp, config, mesh)
+    rng = np.random.default_rng(seed)
+    put = lambda x: jax.device_put(x, rep)
+    self._args = (put(rng.integers(0, 256, (n, *image_shape), np.uint8)),
+                  put(rng.integers(0, 10, (n,), np.int32)),
+                  put(np.arange(n, dtype=np.int32).reshape(self.steps, -1)),
+                  put(np.int32(self.steps)))
+    self.state = jax.jit(lambda: train.init_state(self.exp, seed), out_shardings=rep)()
+
+  def __call__(self) -> None:
+    self.state, sums, bad, _ = self._chunk(self.state, *self._args)
+    jax.block_until_ready(sums)
+    assert int(bad) == 0, "non-finite values in the benchmark run"
+
+
+def median_seconds(fn: Callable[[], None], repeats: int, warmup: int = 1) -> float:
+  """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
