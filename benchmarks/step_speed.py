@@ -68,8 +68,6 @@ def main(argv):
   for rule in _RULES.value:
     config = bartunov.get_config("mnist,fc,bp")
     config.rule.name = rule
-    if rule == "kp":
-      config.rule.learning_rate = config.optimizer.learning_rate
     config.batch_size = batch
     config.steps_per_call = _STEPS.value
     runner = common.ChunkRunner(config, (28, 28, 1))

@@ -27,7 +27,7 @@ def _call_checked(what: str, fn, *args, **kwargs):
   params = inspect.signature(fn).parameters
   valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
   for k in kwargs:
-    if k not in params:
+    if k not in valid:
       raise ValueError(f"{what} does not take parameter {k!r}; valid parameters: "
                        f"{', '.join(valid) or 'none'}")
   return fn(*args, **kwargs)

@@ -42,11 +42,13 @@ Example (the trainer's use)::
     restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
     if restored is not None:
       state, meta, step = restored
-    with install_preemption_handler(
-        lambda: (ckpt.save(step, state, meta, force=True), ckpt.close())):
+    with PreemptionFlag() as preemption:
       for step in ...:
         ...
         ckpt.save(step, state, {"config": config.to_dict(), ...})
+        if preemption.agreed():
+          ckpt.save(step, state, meta, force=True)
+          break
     ckpt.close()
 """
 
@@ -59,6 +61,7 @@ import operator
 import os
 import re
 import signal
+import threading
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -68,6 +71,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 CHECKPOINT_FORMAT_VERSION = 1
 """Version of the layout this module writes; bump it on incompatible change."""
@@ -712,54 +716,44 @@ def _check_matches(step_dir, records: dict, t_paths: list[str], t_leaves: list) 
 # Preemption.
 
 
-@contextlib.contextmanager
-def install_preemption_handler(callback: Callable[[], Any], *,
-                               signals: tuple[int, ...] = (signal.SIGTERM,)):
-  """Within the context, a SIGTERM calls ``callback()`` and then exits.
+class PreemptionFlag:
+  """Within the context, SIGTERM only sets a flag, acted upon between steps.
 
-  The handler runs in the main thread between two Python bytecodes: it calls
-  ``callback()`` once (typically: save a checkpoint and wait for it), then
-  raises ``SystemExit(128 + signum)``, so ``finally`` blocks and context
-  managers run on the way out and the process exits non-zero. Further
-  signals while the callback runs are ignored. If the callback raises, the
-  error is logged and the exit happens anyway. The previous handlers are
-  restored when the context exits, however it exits.
-
-  With several processes, each must receive the signal (as on SLURM or TPU
-  VMs) for a collective save in ``callback`` to complete. A signal that lands
-  during :meth:`Checkpointer.save` makes a saving callback raise (logged)
-  rather than re-enter Orbax; the previous checkpoints stay intact.
-
-  Args:
-    callback: called with no arguments on the first signal.
-    signals: the signals to handle.
-
-  Yields:
-    None.
-
-  Raises:
-    ValueError: not called from the main thread (Python's restriction).
+  Exiting from inside a signal handler is unsafe for training: the handler
+  runs wherever the main thread is (inside a save, or between a donated call
+  and the assignment of its result), and with several processes each process
+  is somewhere else, so a collective save could deadlock. Instead the
+  training loop asks :meth:`agreed` at every chunk boundary, which all
+  processes reach in lockstep; any process having been signalled makes all of
+  them save and exit together. The previous handlers are restored on exit.
+  Outside the main thread (where Python cannot install handlers) the flag is
+  inert.
   """
-  fired = False
 
-  def handler(signum, frame):
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    self.signals = signals
+    self.requested = False
+    self._previous = {}
+
+  def _handler(self, signum, frame):
     del frame
-    nonlocal fired
-    if fired:
-      return
-    fired = True
-    logging.warning("jaxbio: received signal %d; running the preemption callback", signum)
-    try:
-      callback()
-    except Exception:  # pylint: disable=broad-except
-      logging.exception("jaxbio: the preemption callback failed")
-    raise SystemExit(128 + signum)
+    logging.warning("jaxbio: received signal %d; stopping after the current steps", signum)
+    self.requested = True
 
-  previous = {}
-  try:
-    for s in signals:
-      previous[s] = signal.signal(s, handler)
-    yield
-  finally:
-    for s, h in previous.items():  # None: a handler not set from Python.
+  def __enter__(self) -> PreemptionFlag:
+    if threading.current_thread() is threading.main_thread():
+      for s in self.signals:
+        self._previous[s] = signal.signal(s, self._handler)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, h in self._previous.items():  # None: a handler not set from Python.
       signal.signal(s, signal.SIG_DFL if h is None else h)
+    self._previous = {}
+
+  def agreed(self) -> bool:
+    """Whether any process has been signalled (a collective with several processes)."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.any(flags))

@@ -31,6 +31,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   explicit = coordinator_address is not None
   if explicit and (num_processes is None or process_id is None):
     raise ValueError("--coordinator_address needs --num_processes and --process_id too")
+  if not explicit and (num_processes is not None or process_id is not None):
+    raise ValueError("--num_processes and --process_id need --coordinator_address too "
+                     "(under Slurm, give none of them)")
   if explicit and not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id {process_id} must be in [0, {num_processes})")
   if not explicit and not under_slurm():

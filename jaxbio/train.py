@@ -37,7 +37,7 @@ from jaxbio.rules.base import with_penalty
 
 CONFIG_VERSION = 1
 # Codes of the quantity that first became non-finite.
-_NONFINITE = {1: "loss", 2: "update", 3: "rule or network state", 4: "parameters"}
+_NONFINITE = {1: "loss", 2: "update", 3: "rule, network or optimizer state", 4: "parameters"}
 
 
 class TrainState(NamedTuple):
@@ -94,6 +94,9 @@ def validate(config) -> None:
   if config.get("data_placement", "device") not in PLACEMENTS:
     raise ValueError(f"unknown data_placement {config.data_placement!r}; valid choices: "
                      f"{', '.join(PLACEMENTS)}")
+  if config.dataset.normalize not in data.NORMALIZE_MODES:
+    raise ValueError(f"unknown dataset.normalize {config.dataset.normalize!r}; valid choices: "
+                     f"{', '.join(data.NORMALIZE_MODES)}")
   if config.dataset.augment not in ("none", "crop_flip", "flip"):
     raise ValueError(f"unknown dataset.augment {config.dataset.augment!r}; valid choices: "
                      "none, crop_flip, flip")
@@ -120,6 +123,8 @@ def build_experiment(config, num_train: int) -> Experiment:
                      f"({num_train} examples)")
   total_steps = steps_per_epoch * config.num_epochs
   tx = optim.make_optimizer(config.optimizer, total_steps)
+  # Errors that would otherwise surface only when the step is traced.
+  jax.eval_shape(tx.init, jax.eval_shape(net.init, jax.random.key(0))[0])
   return Experiment(net, rule, build.build_reference_rule(net), tx, spec, steps_per_epoch,
                     total_steps)
 
@@ -180,10 +185,12 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
     out = exp.rule.update(state.params, state.net_state, state.rule_state, batch, k_rule)
     updates, opt_state = exp.tx.update(out.grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new = TrainState(state.step + 1, params, out.net_state, opt_state, out.state,
+    rule_state = exp.rule.after_step(out.state, state.params, updates)
+    new = TrainState(state.step + 1, params, out.net_state, opt_state, rule_state,
                      jax.random.key_data(key))
     checks = jnp.stack([_all_finite(out.metrics["loss"]), _all_finite(out.grads),
-                        _all_finite((out.state, out.net_state)), _all_finite(params)])
+                        _all_finite((rule_state, out.net_state, opt_state)),
+                        _all_finite(params)])
     bad = jnp.where(jnp.all(checks), 0, jnp.argmin(checks) + 1)
     return new, out.metrics, bad
 
@@ -366,113 +373,160 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   ckpt_every = config.checkpoint.every_steps or spe
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=config.checkpoint.keep)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  # Training metrics of the epoch under way, and the latest periodic metrics:
+  # saved with every checkpoint so a resumed epoch logs what an uninterrupted
+  # one would.
+  loop = {"epoch_sums": {}, "epoch_steps": 0, "last_align": {}}
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, meta, _ = restored
-    if meta.get("config") != json.loads(config.to_json()):
-      logging.warning("resuming %s with a config that differs from the saved one", workdir)
+    _check_resumable(meta.get("config", {}), json.loads(config.to_json()), workdir)
+    loop = meta.get("loop", loop)
     logging.info("resuming from the checkpoint of step %d", int(state.step))
   if jax.process_index() == 0:
-    _truncate_metrics(os.path.join(workdir, "metrics.jsonl"), int(state.step))
+    _truncate_metrics(metrics_path, int(state.step))
   writers = _Writers(workdir, jax.process_index() == 0)
-  n_train = len(train_ds.labels)
+  n_train, n_test = len(train_ds.labels), len(test_ds.labels)
   logging.info("jaxbio: %s on %s with %s (%d parameters), %d epochs x %d steps, %d device(s)",
                config.rule.name, config.dataset.name, config.model.arch,
                sum(x.size for x in jax.tree.leaves(state.params)), config.num_epochs, spe,
                len(devices))
   step = int(state.step)
-  record: dict[str, float] = {}
-  epoch_sums, epoch_steps, last_align = None, 0, {}
   t_start, t_last_log, steps_at_start = time.time(), 0.0, step
   k_call = config.steps_per_call
-  holder = {"state": state}
 
   def save(force=False):
-    meta = {"config": json.loads(config.to_json()), "step": int(holder["state"].step),
-            "epoch": int(holder["state"].step) // spe, "jaxbio_version": jaxbio.__version__}
-    ckpt.save(int(holder["state"].step), holder["state"], meta, force=force)
+    meta = {"config": json.loads(config.to_json()), "step": step, "epoch": step // spe,
+            "loop": loop, "jaxbio_version": jaxbio.__version__}
+    ckpt.save(step, state, meta, force=force)
 
-  def on_preemption():
-    logging.warning("preempted (SIGTERM): saving step %d before exit", int(holder["state"].step))
-    save(force=True)
-    ckpt.wait()
+  def end_of_epoch():
+    loss_sum, correct = eval_fn(state.params, state.net_state, test_images, test_labels)
+    n_steps = loop["epoch_steps"]
+    record = {"epoch": step // spe,
+              **{f"train/{k}": v / n_steps for k, v in loop["epoch_sums"].items()},
+              "test/loss": float(loss_sum) / n_test,
+              "test/accuracy": float(correct) / n_test,
+              "test/error_pct": 100.0 * (1 - float(correct) / n_test),
+              **{f"align/{k}": v for k, v in loop["last_align"].items()},
+              "time/elapsed_s": time.time() - t_start,
+              "time/steps_per_s": (step - steps_at_start) / max(time.time() - t_start, 1e-9)}
+    logging.info("epoch %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f%s",
+                 record["epoch"], record.get("train/loss", float("nan")),
+                 record.get("train/accuracy", float("nan")), record["test/loss"],
+                 record["test/accuracy"],
+                 "" if "update_angle/all" not in loop["last_align"] else
+                 f" | update angle to {exp.reference.name} "
+                 f"{loop['last_align']['update_angle/all']:.1f} deg")
+    unsettled = record.get("train/unsettled_frac", 0.0)
+    if unsettled > 0:
+      logging.warning("epoch %d: %.1f%% of training examples did not settle in the free "
+                      "phase (residual above the rule's threshold); consider a longer t_free",
+                      record["epoch"], 100 * unsettled)
+    writers.write(step, record)
+    return record
 
-  preemption = checkpoint.install_preemption_handler(on_preemption)
-  preemption.__enter__()
+  record = _last_record(metrics_path)
+  preemption = checkpoint.PreemptionFlag()
   try:
-    while step < total:
-      epoch, pos = divmod(step, spe)
-      perm = np.asarray(data.epoch_permutation(config.seed, epoch, n_train))
-      n = min(k_call, spe - pos)
-      n = min(n, ckpt_every - step % ckpt_every)
-      if config.alignment_every:
-        n = min(n, config.alignment_every - step % config.alignment_every)
-      idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
-      idx = np.pad(idx, ((0, k_call - n), (0, 0)))  # fixed shape: one compilation.
-      if placement == "host":
-        train_images, train_labels = host_batches(idx)
-      state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, put(idx),
-                                            put(np.int32(n)))
-      holder["state"] = state
-      if int(bad):
-        save(force=True)  # the state stopped at the last good step.
-        raise NonFiniteError(f"non-finite {_NONFINITE[int(bad)]} at step {int(bad_step)}; "
-                             f"the state of step {int(bad_step) - 1} is kept")
-      step += n
-      if step % ckpt_every == 0 or step == total:
-        save(force=step == total)
-      epoch_sums = sums if epoch_sums is None else jax.tree.map(jnp.add, epoch_sums, sums)
-      epoch_steps += n
-      if config.alignment_every and step % config.alignment_every == 0:
-        rows = perm[(pos + n - 1) * bs:(pos + n) * bs]
-        last_align = {k: float(v) for k, v in align_fn(
-            state, put(train_ds.images[rows]), put(train_ds.labels[rows]),
-            put(jax.random.key_data(jax.random.key(step)))).items()}
-      now = time.time()
-      if now - t_last_log > config.log_every_secs or step == total:
-        rate = (step - steps_at_start) / max(now - t_start, 1e-9)
-        logging.info("step %d/%d (epoch %d) %.1f steps/s ETA %s train loss %.4f acc %.4f",
-                     step, total, epoch + 1, rate, _fmt_time((total - step) / max(rate, 1e-9)),
-                     float(sums["loss"]) / n, float(sums["accuracy"]) / n)
-        t_last_log = now
-      if step % spe == 0:
-        loss_sum, correct = eval_fn(state.params, state.net_state, test_images, test_labels)
-        n_test = len(test_ds.labels)
-        record = {"epoch": step // spe,
-                  **{f"train/{k}": float(v) / epoch_steps for k, v in epoch_sums.items()},
-                  "test/loss": float(loss_sum) / n_test,
-                  "test/accuracy": float(correct) / n_test,
-                  "test/error_pct": 100.0 * (1 - float(correct) / n_test),
-                  **{f"align/{k}": v for k, v in last_align.items()},
-                  "time/elapsed_s": time.time() - t_start,
-                  "time/steps_per_s": (step - steps_at_start) / (time.time() - t_start)}
-        logging.info("epoch %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f%s",
-                     record["epoch"], record["train/loss"], record["train/accuracy"],
-                     record["test/loss"], record["test/accuracy"],
-                     "" if not last_align else
-                     f" | update angle to {exp.reference.name} "
-                     f"{last_align.get('update_angle/all', float('nan')):.1f} deg")
-        unsettled = record.get("train/unsettled_frac", 0.0)
-        if unsettled > 0:
-          logging.warning("epoch %d: %.1f%% of training examples did not settle in the free "
-                          "phase (residual above the rule's threshold); consider a longer "
-                          "t_free", record["epoch"], 100 * unsettled)
-        writers.write(step, record)
-        epoch_sums, epoch_steps = None, 0
+    with preemption:
+      if step and step % spe == 0 and record.get("step") != step:
+        record = end_of_epoch()  # stopped between its checkpoint and its record.
+      while step < total:
+        epoch, pos = divmod(step, spe)
+        if pos == 0:  # kept until here, so the epoch-end checkpoint holds them.
+          loop.update(epoch_sums={}, epoch_steps=0)
+        perm = np.asarray(data.epoch_permutation(config.seed, epoch, n_train))
+        n = min(k_call, spe - pos, ckpt_every - step % ckpt_every)
+        if config.alignment_every:
+          n = min(n, config.alignment_every - step % config.alignment_every)
+        idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
+        idx = np.pad(idx, ((0, k_call - n), (0, 0)))  # fixed shape: one compilation.
+        if placement == "host":
+          train_images, train_labels = host_batches(idx)
+        state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, put(idx),
+                                              put(np.int32(n)))
+        if int(bad):
+          step = int(state.step)
+          save(force=True)  # the state stopped at the last good step.
+          raise NonFiniteError(f"non-finite {_NONFINITE[int(bad)]} at step {int(bad_step)}; "
+                               f"the state of step {int(bad_step) - 1} is kept")
+        step += n
+        for k, v in sums.items():
+          loop["epoch_sums"][k] = loop["epoch_sums"].get(k, 0.0) + float(v)
+        loop["epoch_steps"] += n
+        if config.alignment_every and step % config.alignment_every == 0:
+          rows = perm[(pos + n - 1) * bs:(pos + n) * bs]
+          loop["last_align"] = {k: float(v) for k, v in align_fn(
+              state, put(train_ds.images[rows]), put(train_ds.labels[rows]),
+              put(jax.random.key_data(jax.random.key(step)))).items()}
+        now = time.time()
+        if now - t_last_log > config.log_every_secs or step == total:
+          rate = (step - steps_at_start) / max(now - t_start, 1e-9)
+          logging.info("step %d/%d (epoch %d) %.1f steps/s ETA %s train loss %.4f acc %.4f",
+                       step, total, epoch + 1, rate, _fmt_time((total - step) / max(rate, 1e-9)),
+                       float(sums["loss"]) / n, float(sums["accuracy"]) / n)
+          t_last_log = now
+        if step % spe == 0:
+          record = end_of_epoch()
+        if step % ckpt_every == 0 or step == total:
+          save(force=step == total)
+        if preemption.agreed():
+          logging.warning("preempted (SIGTERM): saving step %d before exit", step)
+          save(force=True)
+          ckpt.wait()
+          raise SystemExit(128 + 15)
   finally:
-    preemption.__exit__(None, None, None)
     writers.close()
     ckpt.close()
   return record
+
+
+# Fields whose change would alter the data order or the meaning of the step count.
+_RESUME_FIELDS = (("seed",), ("batch_size",), ("dataset", "name"), ("dataset", "train_split"))
+
+
+def _check_resumable(saved: dict, current: dict, workdir: str) -> None:
+  """Refuses to resume a run whose data order would change; warns on other changes."""
+  for path in _RESUME_FIELDS:
+    a, b = saved, current
+    for k in path:
+      a, b = (a or {}).get(k), (b or {}).get(k)
+    if a != b:
+      name = ".".join(path)
+      raise ValueError(f"workdir {workdir} holds a run with {name}={a!r}; this config has "
+                       f"{name}={b!r}, which would change the data order: use another --workdir")
+  if saved != current:
+    logging.warning("resuming %s with a config that differs from the saved one", workdir)
+
+
+def _read_records(path: str) -> list[dict]:
+  """The records of ``metrics.jsonl``; a torn last line (a killed writer) is skipped."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:
+          logging.warning("skipping an unreadable line of %s", path)
+  return records
+
+
+def _last_record(path: str) -> dict:
+  records = _read_records(path)
+  return records[-1] if records else {}
 
 
 def _truncate_metrics(path: str, step: int) -> None:
   """Drops records after ``step`` (logged by a run that was later resumed)."""
   if not os.path.exists(path):
     return
-  with open(path, encoding="utf-8") as f:
-    lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+  records = [r for r in _read_records(path) if r["step"] <= step]
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(lines)
+    f.writelines(json.dumps(r) + "\n" for r in records)
   os.replace(tmp, path)

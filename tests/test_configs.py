@@ -44,6 +44,10 @@ def test_paper_hyperparameters_are_carried():
     (bartunov, "svhn,fc,bp", "unknown dataset 'svhn' for this config; valid choices: mnist, cifar10"),
     (hep_fmnist, "table9", "unknown experiment 'table9'; valid choices: table1"),
     (hep_conv, "cifar10,imagenet", "experiment 'imagenet' needs dataset imagenet32"),
+    (hep_conv, "cifar10,table2_n0,oops", "expected '<dataset>,<experiment>"),
+    (hep_fmnist, "table1,4", r"experiment 'table1' takes 0 or 2 arguments"),
+    (hep_fmnist, "fig3,bptt", r"experiment 'fig3' takes 0 or 2 arguments"),
+    (bartunov, "mnist,fc", "expected '<dataset>,<arch>,<rule>"),
 ])
 def test_bad_config_args(module, arg, message):
   with pytest.raises(ValueError, match=message):

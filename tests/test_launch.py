@@ -98,6 +98,15 @@ def test_missing_dataset_and_bad_workdir(tmp_path):
   assert afile.read_text() == "x"
 
 
+def test_process_flags_need_a_coordinator(tmp_path):
+  proc = _launch(tmp_path, "--config=launch/configs/bartunov.py:mnist,fc,bp", "--num_processes=2",
+                 "--process_id=1")
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "jaxbio: error: --num_processes and --process_id need --coordinator_address too "
+      "(under Slurm, give none of them)")
+
+
 def test_unknown_config_field_and_config_arg():
   with pytest.raises(ValueError, match="valid choices: bp, fa, dfa"):
     bartunov.get_config("mnist,fc,hebb")
@@ -108,8 +117,6 @@ def test_unknown_config_field_and_config_arg():
 def test_train_and_evaluate_on_mock_data(tmp_path, rule, arch):
   config = _small(bartunov.get_config("mnist,fc,bp"))
   config.rule.name = rule
-  if rule == "kp":
-    config.rule.learning_rate = 1e-3
   config.model.arch = arch
   if arch != "mlp":
     config.model.convs = ((8, 3, 2),)

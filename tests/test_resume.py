@@ -74,9 +74,15 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path):
   assert step_a == step_b == 240 and meta["epoch"] == 3
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  # metrics.jsonl has each epoch once, whatever was logged before the kill.
-  epochs = [json.loads(l)["epoch"] for l in (work / "metrics.jsonl").read_text().splitlines()]
-  assert epochs == [1, 2, 3]
+  # metrics.jsonl has each epoch once, with the values of the uninterrupted run
+  # (the epoch under way when killed included: its partial sums were checkpointed).
+  got = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  want = [json.loads(l) for l in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in got] == [1, 2, 3]
+  for g, w in zip(got, want):
+    for k in w:
+      if not k.startswith("time/"):
+        assert g[k] == pytest.approx(w[k], rel=1e-9, abs=1e-12), k
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
@@ -118,3 +124,29 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert "resuming from the checkpoint of step 70" in again.stderr
   assert _final_state(work)[2] == 160
+
+
+def test_resume_repairs_missing_or_torn_records_and_refuses_a_new_data_order(tmp_path):
+  work = tmp_path / "r"
+  first = subprocess.run(_cmd(work, "--config.num_epochs=1"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-2000:]
+  metrics = work / "metrics.jsonl"
+  record = json.loads(metrics.read_text())
+  # Stopped after the epoch's checkpoint but before its record was complete.
+  metrics.write_text(json.dumps(record)[:40])
+  again = subprocess.run(_cmd(work, "--config.num_epochs=1"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "skipping an unreadable line" in again.stderr
+  repaired = [json.loads(l) for l in metrics.read_text().splitlines()]
+  assert len(repaired) == 1 and repaired[0]["step"] == 80
+  assert repaired[0]["test/loss"] == pytest.approx(record["test/loss"], rel=1e-6)
+  assert repaired[0]["train/loss"] == pytest.approx(record["train/loss"], rel=1e-9)
+  other = subprocess.run(_cmd(work, "--config.seed=1"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+  assert other.returncode != 0
+  assert other.stderr.strip().splitlines()[-1] == (
+      f"jaxbio: error: workdir {work} holds a run with seed=0; this config has seed=1, which "
+      "would change the data order: use another --workdir")
+  assert _steps(work) == [70, 80]

@@ -135,12 +135,12 @@ def test_dfa_one_hidden_layer_with_transposed_feedback_is_backprop():
   _close(out.grads, rules.backprop(net).update(params, state, (), batch, None).grads, 1e-6)
 
 
-def test_kolen_pollack_feedback_mirrors_forward_updates():
+@pytest.mark.parametrize("tx", [optax.sgd(0.1), optax.adam(1e-3)], ids=["sgd", "adam"])
+def test_kolen_pollack_feedback_mirrors_forward_updates(tx):
   net = nets.mlp((5,), [7, 6], 3)
   params, state = net.init(jax.random.key(0))
-  lr, decay = 0.1, 0.05
-  kp = rules.kolen_pollack(net, learning_rate=lr, weight_decay=decay)
-  tx = optax.chain(optax.add_decayed_weights(decay / lr), optax.sgd(lr))
+  decay = 0.05
+  kp = rules.kolen_pollack(net, weight_decay=decay)
   opt_state, rule_state = tx.init(params), kp.init(jax.random.key(1), params)
   gap0 = [float(jnp.linalg.norm(p["kernel"] - fb))
           for p, fb in zip(params[1:], rule_state["feedback"][1:])]
@@ -148,16 +148,21 @@ def test_kolen_pollack_feedback_mirrors_forward_updates():
   for t in range(steps):
     out = kp.update(params, state, rule_state, _batch((5,), classes=3, seed=t), None)
     updates, opt_state = tx.update(out.grads, opt_state, params)
-    params, rule_state = optax.apply_updates(params, updates), out.state
+    rule_state = kp.after_step(out.state, params, updates)
+    params = optax.apply_updates(params, updates)
   for g0, p, fb in zip(gap0, params[1:], rule_state["feedback"][1:]):
     np.testing.assert_allclose(jnp.linalg.norm(p["kernel"] - fb), (1 - decay) ** steps * g0,
                                rtol=1e-4)
-  # Without decay the gap is constant while both pathways move.
-  kp0 = rules.kolen_pollack(net, learning_rate=lr)
+  # Without decay both pathways take exactly the optimiser's step: the gap is fixed.
+  kp0 = rules.kolen_pollack(net)
   rs = kp0.init(jax.random.key(1), params)
   out = kp0.update(params, state, rs, _batch((5,), classes=3), None)
-  np.testing.assert_allclose(out.state["feedback"][1] - (params[1]["kernel"] - lr * out.grads[1]["kernel"]),
-                             rs["feedback"][1] - params[1]["kernel"], atol=1e-6)
+  updates, _ = tx.update(out.grads, opt_state, params)
+  new_rs = kp0.after_step(out.state, params, updates)
+  np.testing.assert_allclose(new_rs["feedback"][1] - rs["feedback"][1], updates[1]["kernel"],
+                             atol=1e-7)
+  assert float(jnp.max(jnp.abs(updates[1]["kernel"]))) > 0
+  assert kp0.update(params, state, rs, _batch((5,), classes=3), None).state is rs
 
 
 def test_sign_symmetry_uses_scaled_sign_of_forward_weights():
@@ -263,7 +268,8 @@ def test_readme_example_runs():
   def step(params, net_state, opt_state, rule_state, batch, key):
     out = rule.update(params, net_state, rule_state, batch, key)
     updates, opt_state = tx.update(out.grads, opt_state, params)
-    return optax.apply_updates(params, updates), out.net_state, opt_state, out.state, out.metrics
+    rule_state = rule.after_step(out.state, params, updates)
+    return optax.apply_updates(params, updates), out.net_state, opt_state, rule_state, out.metrics
 
   batch = _batch((784,), n=32)
   losses = []

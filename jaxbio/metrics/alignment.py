@@ -28,10 +28,10 @@ def _norm_ratio(a, b):
 
 
 def _kernel_leaves(tree) -> dict[str, jax.Array]:
-  """Weight leaves (ndim >= 2) of a parameter tree, by a readable path name."""
+  """The ``kernel`` leaves (weights, not biases) of a parameter tree, by path name."""
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    if getattr(leaf, "ndim", 0) >= 2:
+    if getattr(path[-1], "key", None) == "kernel":
       name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
       out[name] = leaf
   return out

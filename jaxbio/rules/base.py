@@ -13,6 +13,10 @@ like an optax transformation, and is a bundle of pure, jit-able functions:
   update is the gradient of the loss), the new rule state, the new network state
   (batch-norm statistics), metrics, and auxiliary arrays other components may
   use (e.g. the free fixed point of a recurrent network).
+* ``after_step(rule_state, params, updates) -> rule_state``: called with the
+  update the optimiser actually applied to ``params`` (``new = params +
+  updates``), for rules whose state must follow the forward weights'
+  trajectory (Kolen-Pollack). The identity for most rules.
 * ``feedback(params, rule_state) -> dict[str, (B, K)]``: the backward weights
   the rule uses, by layer name, each paired with the forward weights it should
   align with, in the same layout: ``B`` is aligned iff ``B`` is proportional
@@ -35,7 +39,8 @@ Example (paste into your own JAX code)::
     def step(params, net_state, opt_state, rule_state, batch, key):
       out = rule.update(params, net_state, rule_state, batch, key)
       updates, opt_state = tx.update(out.grads, opt_state, params)
-      return optax.apply_updates(params, updates), out.net_state, opt_state, out.state
+      rule_state = rule.after_step(out.state, params, updates)
+      return optax.apply_updates(params, updates), out.net_state, opt_state, rule_state
 """
 
 from __future__ import annotations
@@ -67,12 +72,15 @@ class LearningRule(NamedTuple):
     update: ``(params, net_state, rule_state, batch, key) -> RuleOutput``.
     feedback: ``(params, rule_state) -> dict[str, (B, K)]`` (see module
       docstring).
+    after_step: ``(rule_state, params, updates) -> rule_state``, given the
+      optimiser's applied update (see module docstring).
   """
   name: str
   init: Callable[[jax.Array, Any], Any]
   update: Callable[..., RuleOutput]
   feedback: Callable[[Any, Any], dict[str, tuple[jax.Array, jax.Array]]] = (
       lambda params, state: {})
+  after_step: Callable[[Any, Any, Any], Any] = lambda state, params, updates: state
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

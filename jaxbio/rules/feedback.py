@@ -8,8 +8,9 @@ on softmax cross-entropy and differ only in the backward pass:
   ``l - 1`` is ``B_l delta_l`` with a fixed random ``B_l`` in place of
   ``W_l^T``; weight gradients keep their local form ``delta_l h_{l-1}^T``.
 * :func:`kolen_pollack` (Kolen & Pollack 1994; Akrout et al. 2019): FA whose
-  feedback receives the same update as the forward weights, transposed, plus
-  the same decay, so ``W - B^T`` shrinks by ``(1 - decay)`` every step.
+  feedback receives the update the optimiser applied to the forward weights,
+  transposed, plus a decay toward them, so ``W - B^T`` shrinks by
+  ``(1 - decay)`` every step.
 * :func:`sign_symmetry` (Liao, Leibo & Poggio 2016): the feedback is
   ``sign(W^T)`` times a per-layer scale, recomputed from ``W`` at every step.
 * :func:`direct_feedback_alignment` (Nokland 2016): every hidden block output
@@ -96,25 +97,24 @@ def feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> Learning
                       lambda params, state: _pairs(net, params, state["feedback"]))
 
 
-def kolen_pollack(net: Network, *, learning_rate: float, weight_decay: float = 0.0,
+def kolen_pollack(net: Network, *, weight_decay: float = 0.0,
                   feedback_scale: float = 1.0) -> LearningRule:
-  """Kolen-Pollack: feedback weights mirror the forward weights' updates.
+  """Kolen-Pollack: feedback weights receive the forward weights' updates.
 
-  With forward updates ``W <- (1 - weight_decay) W - learning_rate * g`` (e.g.
-  ``optax.chain(optax.add_decayed_weights(weight_decay / learning_rate),
-  optax.sgd(learning_rate))``), the feedback update in kernel layout is
-  ``B <- (1 - weight_decay) B - learning_rate * g`` with the same ``g``
-  (Akrout et al. 2019, Eqs. 7-8), hence
-  ``W_t - B_t = (1 - weight_decay)^t (W_0 - B_0)``.
+  Backward pass as in FA. After each optimiser step, in kernel layout,
+  ``B <- B + u + weight_decay * (W - B)``, where ``u`` is the update the
+  optimiser applied to ``W`` (whatever the optimiser: SGD, Adam, ...). With
+  SGD and decoupled decay, ``u = -lr * g - weight_decay * W``, so this is
+  Akrout et al. (2019)'s ``B <- (1 - weight_decay) B - lr * g`` (Eqs. 7-8).
+  In all cases ``W_{t+1} - B_{t+1} = (1 - weight_decay) (W_t - B_t)``: the
+  pathways converge geometrically, and with ``weight_decay = 0`` their gap is
+  fixed while both move.
 
   Args:
     net: the network.
-    learning_rate: step size of the feedback update (match the forward one).
-    weight_decay: decay of both pathways per step (0 keeps ``W - B`` fixed).
+    weight_decay: rate at which ``W - B`` shrinks per step (0 keeps it fixed).
     feedback_scale: multiplies the initial random feedback weights.
   """
-  if learning_rate <= 0:
-    raise ValueError(f"kolen_pollack learning_rate must be > 0, got {learning_rate}")
   if not 0 <= weight_decay < 1:
     raise ValueError(f"kolen_pollack weight_decay must be in [0, 1), got {weight_decay}")
 
@@ -124,15 +124,17 @@ def kolen_pollack(net: Network, *, learning_rate: float, weight_decay: float = 0
 
   def update(params, net_state, rule_state, batch, key):
     del key
-    feedback = rule_state["feedback"]
-    grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch, feedback)
-    new_feedback = tuple(
-        None if fb is None else (1 - weight_decay) * fb - learning_rate * g["kernel"]
-        for fb, g in zip(feedback, grads))
-    return RuleOutput(grads, {"feedback": new_feedback}, new_state, metrics)
+    grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch,
+                                                rule_state["feedback"])
+    return RuleOutput(grads, rule_state, new_state, metrics)
+
+  def after_step(rule_state, params, updates):
+    return {"feedback": tuple(
+        None if fb is None else fb + u["kernel"] + weight_decay * (p["kernel"] - fb)
+        for fb, p, u in zip(rule_state["feedback"], params, updates))}
 
   return LearningRule("kp", init, update,
-                      lambda params, state: _pairs(net, params, state["feedback"]))
+                      lambda params, state: _pairs(net, params, state["feedback"]), after_step)
 
 
 SIGN_SCALES = ("mean_abs", "unit")

@@ -53,7 +53,10 @@ def _choice(kind, value, valid):
 
 
 def get_config(arg: str = "mnist,fc,bp"):
-  dataset, arch, rule, *extra = arg.split(",") + [""] * max(0, 3 - len(arg.split(",")))
+  parts = arg.split(",")
+  if len(parts) < 3:
+    raise ValueError(f"expected '<dataset>,<arch>,<rule>[,runlocal]', got {arg!r}")
+  dataset, arch, rule, *extra = parts
   _choice("dataset", dataset, ("mnist", "cifar10"))
   _choice("arch", arch, ("fc", "lc", "conv"))
   _choice("rule", rule, RULES)
@@ -67,16 +70,13 @@ def get_config(arg: str = "mnist,fc,bp"):
   c.model.update(dict(activation="tanh", kernel_init="glorot_uniform", **model))
   c.rule.name = rule
   if rule == "kp":
-    c.rule.learning_rate = 0.0  # set below to the forward learning rate.
-    c.rule.weight_decay = 0.0
+    c.rule.weight_decay = 0.0  # Akrout et al.'s reference runs: no decay.
   table_rule = "fa" if rule in ("kp", "sign_symmetry") else rule
   key = (dataset, arch, table_rule)
   if key not in _ADAM:  # e.g. FA on the ConvNet: not in Table 5, use the LC optimum.
     key = (dataset, "lc", table_rule)
   lr, b2, eps = _ADAM[key]
   c.optimizer.update(dict(name="adam", learning_rate=lr, b1=0.9, b2=b2, eps=eps))
-  if rule == "kp":
-    c.rule.learning_rate = lr
   if dataset == "cifar10":
     c.dataset.normalize = "standardize"
     c.dataset.augment = "crop_flip"  # the paper's "flips and random crops", horizontal.

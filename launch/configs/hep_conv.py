@@ -35,8 +35,10 @@ LR_MULTIPLIERS = {"in-conv1": 25.0, "conv1-conv2": 15.0, "conv2-conv1": 15.0,
 def get_config(arg: str = "cifar10,table2_n0"):
   parts = arg.split(",")
   runlocal = "runlocal" in parts
-  parts = [p for p in parts if p != "runlocal"] + [""] * 2
-  dataset, experiment = parts[0], parts[1]
+  parts = [p for p in parts if p != "runlocal"]
+  if len(parts) != 2:
+    raise ValueError(f"expected '<dataset>,<experiment>[,runlocal]', got {arg!r}")
+  dataset, experiment = parts
   if dataset not in DATASETS:
     raise ValueError(f"unknown dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
   if experiment not in EXPERIMENTS:

@@ -32,6 +32,11 @@ def get_config(arg: str = "table1,2,0.05"):
   experiment, args = parts[0], parts[1:]
   if experiment not in EXPERIMENTS:
     raise ValueError(f"unknown experiment {experiment!r}; valid choices: {', '.join(EXPERIMENTS)}")
+  n_args = {"table1": (0, 2), "online": (0,), "fig3": (0, 2), "fig4_reciprocal": (0, 1),
+            "fig4_loop": (0, 1)}[experiment]
+  if len(args) not in n_args:
+    raise ValueError(f"experiment {experiment!r} takes {' or '.join(map(str, n_args))} "
+                     f"arguments after its name, got {args}; see this file's docstring")
   c = common.base_config()
   c.dataset.name = "fashion_mnist"
   c.batch_size = 50
