@@ -32,8 +32,8 @@ SUITES = {
     # Laborieux & Zenke 2024, Fashion-MNIST MLP; the paper's Table 1 and
     # Fig. 4 numbers could not be read (spec hep.md §4), so none is quoted.
     "hep_fmnist": [
-        ("hEP N=2 |beta|=0.05, angle 0", "hep_fmnist", "table1,2,0.05", None),
-        ("hEP N=4 |beta|=0.5, angle 0", "hep_fmnist", "table1,4,0.5", None),
+        ("hEP N=2 beta=0.05, angle 0", "hep_fmnist", "table1,2,0.05", None),
+        ("hEP N=4 beta=0.5, angle 0", "hep_fmnist", "table1,4,0.5", None),
         ("hEP N=0, angle 90, no homeostasis", "hep_fmnist", "fig4_reciprocal,0", None),
         ("hEP N=0, angle 90, homeostasis 1.0", "hep_fmnist", "fig4_reciprocal,1.0", None),
     ],

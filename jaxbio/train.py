@@ -37,7 +37,7 @@ from jaxbio.rules.base import with_penalty
 
 CONFIG_VERSION = 1
 # Codes of the quantity that first became non-finite.
-_NONFINITE = {1: "loss", 2: "update", 3: "rule, network or optimizer state", 4: "parameters"}
+_NONFINITE = {1: "loss", 2: "update", 3: "parameter, optimizer, rule or network state"}
 
 
 class TrainState(NamedTuple):
@@ -65,10 +65,17 @@ class Experiment(NamedTuple):
   total_steps: int
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def _all_finite(tree, square: bool = False) -> jax.Array:
+  """Whether every float in ``tree`` is finite, from one sum per leaf.
+
+  A NaN or infinity anywhere makes the sum non-finite, and a sum fuses with
+  the computation that produced the leaf, so this is much cheaper than an
+  element-wise test. With ``square``, the sum of squares: it also catches
+  values whose square overflows (which would silently zero Adam's steps).
+  """
+  sums = [jnp.sum(jnp.square(x) if square else x, dtype=jnp.float32)
+          for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.isfinite(sum(sums)) if sums else jnp.array(True)
 
 
 def validate(config) -> None:
@@ -188,9 +195,11 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
     rule_state = exp.rule.after_step(out.state, state.params, updates)
     new = TrainState(state.step + 1, params, out.net_state, opt_state, rule_state,
                      jax.random.key_data(key))
-    checks = jnp.stack([_all_finite(out.metrics["loss"]), _all_finite(out.grads),
-                        _all_finite((rule_state, out.net_state, opt_state)),
-                        _all_finite(params)])
+    # Every step: the loss and the sum of squared updates (it also catches values
+    # whose square overflows, which would silently zero Adam's steps). With
+    # finite gradients, optimiser moments, parameters and the rules' states stay
+    # finite; the whole state is checked once per chunk as well.
+    checks = jnp.stack([_all_finite(out.metrics["loss"]), _all_finite(out.grads, square=True)])
     bad = jnp.where(jnp.all(checks), 0, jnp.argmin(checks) + 1)
     return new, out.metrics, bad
 
@@ -212,6 +221,10 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
 
     state, sums, bad, bad_step = jax.lax.fori_loop(
         0, num_steps, body, (state, sums0, jnp.int32(0), jnp.int32(-1)))
+    whole = _all_finite((state.params, state.opt_state, state.rule_state, state.net_state))
+    late = (bad == 0) & ~whole  # caught only by the end-of-chunk check.
+    bad = jnp.where(late, 3, bad)
+    bad_step = jnp.where(late, state.step, bad_step)
     return state, sums, bad, bad_step
 
   replicated = NamedSharding(mesh, P())
@@ -447,6 +460,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           train_images, train_labels = host_batches(idx)
         state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, put(idx),
                                               put(np.int32(n)))
+        if int(bad) == 3:  # found by the end-of-chunk check: no good state to save here.
+          raise NonFiniteError(f"non-finite {_NONFINITE[3]} within steps {step + 1}-"
+                               f"{int(bad_step)}; the checkpoints saved before are kept")
         if int(bad):
           step = int(state.step)
           save(force=True)  # the state stopped at the last good step.

@@ -237,3 +237,25 @@ def test_host_and_device_placement_train_identically(tmp_path):
   assert int(finals[0].step) == int(finals[1].step) == 40
   for a, b in zip(jax.tree.leaves(finals[0]), jax.tree.leaves(finals[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nonfinite_state_is_caught_at_the_end_of_the_chunk():
+  config = _small(bartunov.get_config("mnist,fc,bp"))
+  config.model.widths = (8,)
+  exp = train.build_experiment(config, 2560)
+  bp = exp.rule
+  # A rule with state that never feeds its updates, turning NaN: only the
+  # end-of-chunk check can see it.
+  rule = bp._replace(init=lambda key, params: {"baseline": jax.numpy.zeros(())},
+                     after_step=lambda state, params, updates: {
+                         "baseline": state["baseline"] + jax.numpy.nan})
+  exp = exp._replace(rule=rule)
+  mesh = train.make_mesh(jax.devices())
+  chunk = train.make_train_chunk(exp, config, mesh)
+  images = jax.numpy.zeros((2560, 28, 28, 1), jax.numpy.uint8)
+  labels = jax.numpy.zeros((2560,), jax.numpy.int32)
+  idx = jax.numpy.zeros((7, 128), jax.numpy.int32)
+  state, _, bad, bad_step = chunk(train.init_state(exp, 0), images, labels, idx,
+                                  jax.numpy.int32(5))
+  assert train._NONFINITE[int(bad)].startswith("parameter, optimizer, rule")
+  assert int(bad_step) == int(state.step) == 5
