@@ -225,3 +225,21 @@ def test_nonfinite_updates_are_counted_and_optionally_zeroed():
   assert float(zeroed.metrics["nonfinite"]) == float(raw.metrics["nonfinite"])
   out = zeroed
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(out.grads))
+
+
+def test_negative_beta_is_the_other_teaching_sign():
+  # Nudging with -beta (toward lower loss, the convention of many EP papers)
+  # estimates the same dsigma(u*)/dbeta: the update stays +grad L, no flip.
+  with jax.enable_x64(True):
+    net, params, batch = _setup(0.0)
+    plus2, minus2, plus1, minus1, exact = _updates(net, params, batch, [
+        ("hep", dict(n_points=2, beta=0.05)), ("hep", dict(n_points=2, beta=-0.05)),
+        ("hep", dict(n_points=1, beta=0.01)), ("hep", dict(n_points=1, beta=-0.01)),
+        ("hep", dict(n_points=0))])
+    # N = 2 samples {beta, -beta}: the same set either way.
+    np.testing.assert_allclose(_flat(minus2.grads), _flat(plus2.grads), rtol=1e-12, atol=1e-14)
+    # N = 1 is one-sided: the two signs err by O(beta) in opposite directions.
+    g0 = _flat(exact.grads)
+    assert _cos(_flat(minus1.grads), g0) > 0.999 and _cos(_flat(plus1.grads), g0) > 0.999
+    mid = 0.5 * (_flat(plus1.grads) + _flat(minus1.grads))
+    assert _rel(mid, g0) < 0.2 * min(_rel(_flat(plus1.grads), g0), _rel(_flat(minus1.grads), g0))

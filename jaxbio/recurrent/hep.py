@@ -156,7 +156,12 @@ def hep(net, *, n_points: int = 2, beta: float = 0.05, t_nudge: int = 20,
     n_points: N. 0: exact forward-mode dσ(u_{T2})/dβ (one JVP); 1: one-sided
       [f(β) − σ(u1)]/β; 2: [f(β) − f(−β)]/(2β); ≥ 3: Cauchy sum on the circle
       |β|, conjugate phases folded (bias O(|β|^N)).
-    beta: |β| (ignored for N = 0). For N ≥ 3 keep |Im u| < π/4 (MLP poles).
+    beta: β (ignored for N = 0). For N ≥ 3 keep |Im u| < π/4 (MLP poles).
+      The nudge is +β·c, which pushes the output up the loss (spec §2.3). A
+      negative β is the other teaching sign (toward lower loss, as many EP
+      papers nudge): the estimators divide by the signed β, so v is still
+      dσ(u*)/dβ and the update is still +∇L, with no sign to flip. Only N = 1
+      (one-sided) and odd N sample different points for ±β.
     t_nudge: T2, steps per nudged phase from u1.
     t_free: T1 (default ``net.t_free``).
     n1_reference: N = 1 reference point, ``start`` (σ(u1), reference code) or
