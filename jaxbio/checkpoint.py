@@ -62,7 +62,7 @@ import os
 import re
 import signal
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from absl import logging
 from etils import epath
