@@ -118,23 +118,14 @@ def kolen_pollack(net: Network, *, weight_decay: float = 0.0,
   if not 0 <= weight_decay < 1:
     raise ValueError(f"kolen_pollack weight_decay must be in [0, 1), got {weight_decay}")
 
-  def init(key, params):
-    del params
-    return {"feedback": _init_feedback(net, key, feedback_scale)}
-
-  def update(params, net_state, rule_state, batch, key):
-    del key
-    grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch,
-                                                rule_state["feedback"])
-    return RuleOutput(grads, rule_state, new_state, metrics)
-
   def after_step(rule_state, params, updates):
     return {"feedback": tuple(
         None if fb is None else fb + u["kernel"] + weight_decay * (p["kernel"] - fb)
         for fb, p, u in zip(rule_state["feedback"], params, updates))}
 
-  return LearningRule("kp", init, update,
-                      lambda params, state: _pairs(net, params, state["feedback"]), after_step)
+  # The forward and backward passes are FA's; only the feedback learns.
+  fa = feedback_alignment(net, feedback_scale=feedback_scale)
+  return fa._replace(name="kp", after_step=after_step)
 
 
 SIGN_SCALES = ("mean_abs", "unit")
