@@ -43,15 +43,14 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   if lr_mult or wd_mult:
     return _per_group(cfg, total_steps, lr_mult, wd_mult)
   schedule = lr if schedule_name == "constant" else optax.cosine_decay_schedule(lr, total_steps)
-  if name == "sgd":
-    momentum = cfg.get("momentum", 0.0) or None
-    tx = optax.sgd(schedule, momentum=momentum)
-    return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
   kwargs = dict(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8))
-  if name == "adam":
+  if name == "adamw":  # decoupled decay.
+    return optax.adamw(schedule, weight_decay=wd, **kwargs)
+  if name == "sgd":
+    tx = optax.sgd(schedule, momentum=cfg.get("momentum", 0.0) or None)
+  else:
     tx = optax.adam(schedule, **kwargs)
-    return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
-  return optax.adamw(schedule, weight_decay=wd, **kwargs)
+  return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx  # coupled decay.
 
 
 def _per_group(cfg, total_steps, lr_mult, wd_mult):

@@ -98,9 +98,7 @@ def validate(config) -> None:
   if ckpt is not None and (ckpt.every_steps < 0 or ckpt.keep < 1):
     raise ValueError(f"config.checkpoint needs every_steps >= 0 and keep >= 1, got "
                      f"every_steps={ckpt.every_steps}, keep={ckpt.keep}")
-  if config.get("data_placement", "device") not in PLACEMENTS:
-    raise ValueError(f"unknown data_placement {config.data_placement!r}; valid choices: "
-                     f"{', '.join(PLACEMENTS)}")
+  _check_placement(config.get("data_placement", "device"))
   if config.dataset.normalize not in data.NORMALIZE_MODES:
     raise ValueError(f"unknown dataset.normalize {config.dataset.normalize!r}; valid choices: "
                      f"{', '.join(data.NORMALIZE_MODES)}")
@@ -165,6 +163,12 @@ def make_preprocess(config, spec):
 PLACEMENTS = ("device", "host")
 
 
+def _check_placement(placement: str) -> None:
+  if placement not in PLACEMENTS:
+    raise ValueError(f"unknown data_placement {placement!r}; valid choices: "
+                     f"{', '.join(PLACEMENTS)}")
+
+
 def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
   """Compiles ``chunk(state, images, labels, idx, num_steps)``.
 
@@ -177,9 +181,7 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
   quantity that became non-finite) and ``bad_step``. Once a quantity is
   non-finite the state stops changing.
   """
-  if placement not in PLACEMENTS:
-    raise ValueError(f"unknown data_placement {placement!r}; valid choices: "
-                     f"{', '.join(PLACEMENTS)}")
+  _check_placement(placement)
   preprocess = make_preprocess(config, exp.spec)
   batch_sharding = NamedSharding(mesh, P("data"))
 

@@ -30,11 +30,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that --help and flag errors do not pay for importing JAX.
-  from jaxbio import data, distributed, train  # pylint: disable=g-import-not-at-top
+  from jaxbio import distributed, train  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, data.DatasetNotFoundError, train.NonFiniteError) as e:
+  except (ValueError, train.NonFiniteError) as e:  # DatasetNotFoundError is a ValueError.
     logging.error("%s", e)
     sys.exit(f"jaxbio: error: {e}")
 
