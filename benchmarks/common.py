@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxbio import train
@@ -51,3 +52,19 @@ def median_seconds(fn: Callable[[], None], repeats: int, warmup: int = 1) -> flo
     fn()
     times.append(time.perf_counter() - t)
   return statistics.median(times)
+
+
+def matmul_rate(m: int, k: int, n: int, repeats: int = 7, chain: int = 20) -> float:
+  """Measured float32 FLOP/s of ``chain`` dependent (m, k) @ (k, n) products."""
+  a = jax.random.normal(jax.random.key(0), (m, k))
+  b = jax.random.normal(jax.random.key(1), (k, n)) / np.sqrt(k)
+
+  @jax.jit
+  def run(a, b):
+    def body(x, _):
+      y = x @ b
+      return (y[:, :k] if n >= k else jnp.pad(y, ((0, 0), (0, k - n)))), None
+    return jax.lax.scan(body, a, None, length=chain)[0]
+
+  t = median_seconds(lambda: run(a, b).block_until_ready(), repeats)
+  return 2.0 * m * k * n * chain / t

@@ -21,9 +21,9 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
+from benchmarks import common
 import jaxbio.recurrent as rec
 from jaxbio.rules.base import with_penalty
 
@@ -66,28 +66,12 @@ def make_step(rule, tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def matmul_rates(reps: int = 200) -> tuple[float, float]:
-  """GFLOP/s of a dependent 50×256·256×256 chain and of 1024³ products."""
-  w = jax.random.normal(jax.random.key(0), (256, 256)) / 16.0
-  x = jax.random.normal(jax.random.key(1), (50, 256))
-  chain = jax.jit(lambda x, w: jax.lax.fori_loop(0, reps, lambda i, h: jnp.tanh(h @ w), x))
-  chain(x, w).block_until_ready()
-  times = []
-  for _ in range(5):
-    t = time.perf_counter()
-    chain(x, w).block_until_ready()
-    times.append(time.perf_counter() - t)
-  small = 2 * 50 * 256 * 256 * reps / min(times) / 1e9
-  a = jax.random.normal(jax.random.key(2), (1024, 1024))
-  mm = jax.jit(lambda a: a @ a)
-  mm(a).block_until_ready()
-  times = []
-  for _ in range(5):
-    t = time.perf_counter()
-    mm(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  big = 2 * 1024 ** 3 / min(times) / 1e9
-  return small, big
+def matmul_rates() -> tuple[float, float]:
+  """GFLOP/s of a dependent 50×256·256×256 chain (one free-phase iteration's
+  product) and of 1024³ products."""
+  chain = common.matmul_rate(B, 256, 256, chain=T1)
+  big = common.matmul_rate(1024, 1024, 1024)
+  return chain / 1e9, big / 1e9
 
 
 def main():

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from benchmarks import common
 from launch.configs import bartunov
@@ -24,22 +22,6 @@ _RULES = flags.DEFINE_list("rules", ["bp", "fa", "dfa", "kp", "sign_symmetry"], 
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _STEPS = flags.DEFINE_integer("steps_per_call", 100, "Training steps per compiled call.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed calls per rule (median reported).")
-
-
-def matmul_rate(m: int, k: int, n: int, repeats: int = 7, chain: int = 20) -> float:
-  """Measured float32 FLOP/s of ``chain`` dependent (m, k) @ (k, n) products."""
-  a = jax.random.normal(jax.random.key(0), (m, k))
-  b = jax.random.normal(jax.random.key(1), (k, n)) / np.sqrt(k)
-
-  @jax.jit
-  def run(a, b):
-    def body(x, _):
-      y = x @ b
-      return (y[:, :k] if n >= k else jnp.pad(y, ((0, 0), (0, k - n)))), None
-    return jax.lax.scan(body, a, None, length=chain)[0]
-
-  t = common.median_seconds(lambda: run(a, b).block_until_ready(), repeats)
-  return 2.0 * m * k * n * chain / t
 
 
 def step_flops(widths, batch: int) -> float:
@@ -52,11 +34,11 @@ def main(argv):
   del argv
   batch = _BATCH.value
   widths = [784] + [256] * 5 + [10]
-  peak = matmul_rate(1024, 1024, 1024)
+  peak = common.matmul_rate(1024, 1024, 1024)
   # The step's own shapes: (B, 784) @ (784, 256) and (B, 256) @ (256, 256).
   shaped = (step_flops(widths, batch) /
-            (step_flops([784, 256], batch) / matmul_rate(batch, 784, 256) +
-             step_flops([256] * 5 + [10], batch) / matmul_rate(batch, 256, 256)))
+            (step_flops([784, 256], batch) / common.matmul_rate(batch, 784, 256) +
+             step_flops([256] * 5 + [10], batch) / common.matmul_rate(batch, 256, 256)))
   flops = step_flops(widths, batch)
   print(f"devices: {jax.devices()}")
   print(f"matmul rate, 1024^3 products: {peak / 1e9:.1f} GFLOP/s; "
