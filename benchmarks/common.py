@@ -33,13 +33,14 @@ class ChunkRunner:
     self._args = (put(rng.integers(0, 256, (n, *image_shape), np.uint8)),
                   put(rng.integers(0, 10, (n,), np.int32)),
                   put(np.arange(n, dtype=np.int32).reshape(self.steps, -1)),
-                  put(np.int32(self.steps)))
+                  put(np.int32(self.steps)), put(np.float32(np.nan)))
     self.state = jax.jit(lambda: train.init_state(self.exp, seed), out_shardings=rep)()
 
   def __call__(self) -> None:
-    self.state, sums, bad, _ = self._chunk(self.state, *self._args)
-    jax.block_until_ready(sums)
-    assert int(bad) == 0, "non-finite values in the benchmark run"
+    out = self._chunk(self.state, *self._args)
+    self.state = out.state
+    jax.block_until_ready(out.sums)
+    assert int(out.bad) == 0, "non-finite values in the benchmark run"
 
 
 def median_seconds(fn: Callable[[], None], repeats: int, warmup: int = 1) -> float:

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from jaxbio import metrics, nets, rules  # noqa: E402
+from jaxbio import metrics, nets, recurrent, rules  # noqa: E402
 
-__all__ = ["metrics", "nets", "rules", "__version__"]
+__all__ = ["metrics", "nets", "recurrent", "rules", "__version__"]

@@ -64,7 +64,6 @@ import signal
 import threading
 from typing import Any, Iterator
 
-from absl import logging
 from etils import epath
 import jax
 from jax import lax
@@ -72,6 +71,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from jaxbio.log import logger as logging
 
 CHECKPOINT_FORMAT_VERSION = 1
 """Version of the layout this module writes; bump it on incompatible change."""
@@ -146,7 +147,7 @@ def _barrier(name: str) -> None:
   ocp.multihost.sync_global_processes(f"jaxbio_checkpoint_{name}_{next(_barrier_ids)}")
 
 
-def _all_processes_agree(ok: bool) -> bool:
+def all_processes_agree(ok: bool) -> bool:
   """True iff ``ok`` is True on every process."""
   if jax.process_count() == 1:
     return ok
@@ -370,6 +371,8 @@ class Checkpointer:
       raise ValueError(f"save_every_steps must be a positive integer or None, got "
                        f"{save_every_steps!r}")
     directory = os.fspath(directory)
+    if "://" not in directory:  # Orbax needs absolute paths.
+      directory = os.path.abspath(os.path.expanduser(directory))
     _check_directory(directory)
     self._directory = epath.Path(directory)
     self._checksums = checksums
@@ -595,7 +598,7 @@ class Checkpointer:
       self._mngr.reload()
       for step in reversed(self._usable_steps()):
         result, why = self._try_restore(step, target, t_paths, t_leaves, t_def)
-        if _all_processes_agree(why is None):
+        if all_processes_agree(why is None):
           return result
         why = why or "unreadable on another process"
         self._unusable[step] = why
@@ -628,10 +631,10 @@ class Checkpointer:
       leaves = [_like_target(t, restored[p]) for p, t in zip(t_paths, t_leaves)]
     except Exception as e:  # pylint: disable=broad-except
       error = e
-    if not _all_processes_agree(error is None):
+    if not all_processes_agree(error is None):
       # Corrupt data, or a target Orbax cannot restore into (e.g. a sharding
       # that does not fit)? Read the data once more into plain numpy arrays.
-      if _all_processes_agree(self._readable(step, records, t_paths, t_leaves, t_def)):
+      if all_processes_agree(self._readable(step, records, t_paths, t_leaves, t_def)):
         raise ValueError(f"cannot restore the checkpoint at {step_dir} into this target, "
                          f"although its data is readable: "
                          f"{_one_line(error) if error else 'failed on another process'}")
@@ -717,7 +720,7 @@ def _check_matches(step_dir, records: dict, t_paths: list[str], t_leaves: list) 
 
 
 class PreemptionFlag:
-  """Within the context, SIGTERM only sets a flag, acted upon between steps.
+  """Within the context, SIGTERM and SIGINT (Ctrl-C) only set a flag, acted upon between steps.
 
   Exiting from inside a signal handler is unsafe for training: the handler
   runs wherever the main thread is (inside a save, or between a donated call
@@ -725,20 +728,33 @@ class PreemptionFlag:
   is somewhere else, so a collective save could deadlock. Instead the
   training loop asks :meth:`agreed` at every chunk boundary, which all
   processes reach in lockstep; any process having been signalled makes all of
-  them save and exit together. The previous handlers are restored on exit.
+  them save and exit together. A second Ctrl-C raises ``KeyboardInterrupt``
+  at once (without saving). The previous handlers are restored on exit.
   Outside the main thread (where Python cannot install handlers) the flag is
   inert.
+
+  Attributes:
+    requested: whether a signal arrived.
+    signum: the first signal received (None before one arrives).
   """
 
   def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
     self.signals = signals
     self.requested = False
+    self.signum: int | None = None
     self._previous = {}
 
   def _handler(self, signum, frame):
     del frame
-    logging.warning("jaxbio: received signal %d; stopping after the current steps", signum)
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
     self.requested = True
+    self.signum = self.signum or signum
+    if signum == signal.SIGINT:
+      logging.warning("Ctrl-C: stopping after the current steps and saving them (press "
+                      "Ctrl-C again to quit without saving)")
+    else:
+      logging.warning("received signal %d; stopping after the current steps", signum)
 
   def __enter__(self) -> PreemptionFlag:
     if threading.current_thread() is threading.main_thread():
@@ -752,8 +768,14 @@ class PreemptionFlag:
     self._previous = {}
 
   def agreed(self) -> bool:
-    """Whether any process has been signalled (a collective with several processes)."""
+    """Whether any process has been signalled (a collective with several processes).
+
+    With several processes, ``signum`` is set to SIGTERM on the processes that
+    were not signalled themselves.
+    """
     if jax.process_count() == 1:
       return self.requested
-    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if np.any(flags) and self.signum is None:
+      self.signum = int(np.max(flags))
     return bool(np.any(flags))

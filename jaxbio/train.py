@@ -9,8 +9,9 @@ Design:
 * Training is data parallel over all devices: batches are sharded on the
   ``data`` axis of a 1-D mesh, parameters and rule state are replicated, and
   ``jax.jit`` inserts the gradient reductions.
-* A non-finite loss, update or state stops the run with the step number and
-  the quantity; the state returned (and saved) is the last good one.
+* A non-finite loss, update or state, or a training loss that exploded past
+  ``config.divergence_factor`` times the run's first loss, stops the run with
+  the step number and the quantity; the state saved is the last good one.
 * Alignment metrics run every ``alignment_every`` steps in their own compiled
   call, so the other steps do not pay for them.
 """
@@ -20,10 +21,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,13 +32,16 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxbio
-from jaxbio import build, checkpoint, data, optim
+from jaxbio import build, checkpoint, data, optim, workdir as workdirs
+from jaxbio.log import logger as logging
 from jaxbio.metrics.alignment import alignment_metrics
 from jaxbio.rules.base import with_penalty
 
 CONFIG_VERSION = 1
-# Codes of the quantity that first became non-finite.
-_NONFINITE = {1: "loss", 2: "update", 3: "parameter, optimizer, rule or network state"}
+# Codes of the quantity that first went wrong.
+_NONFINITE = {1: "loss", 2: "update", 3: "parameter, optimizer, rule or network state",
+              4: "loss (exploded)"}
+_EXPLODED = 4
 
 
 class TrainState(NamedTuple):
@@ -51,7 +55,33 @@ class TrainState(NamedTuple):
 
 
 class NonFiniteError(FloatingPointError):
-  """A non-finite value appeared during training."""
+  """A non-finite value appeared during training, or the loss exploded."""
+
+
+class Interrupted(Exception):
+  """The run was stopped by SIGTERM or Ctrl-C after saving its current step.
+
+  Attributes:
+    signum: the signal received.
+    step: the step saved.
+    checkpoints: the directory the checkpoint went to.
+  """
+
+  def __init__(self, signum: int, step: int, checkpoints: str):
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    super().__init__(f"interrupted ({name}): saved step {step} to {checkpoints}; run the same "
+                     "command to resume")
+    self.signum, self.step, self.checkpoints = signum, step, checkpoints
+
+
+class ChunkOut(NamedTuple):
+  """What a compiled training chunk returns."""
+  state: TrainState
+  sums: dict          # sums of the per-step training metrics over the good steps.
+  bad: jax.Array      # 0, or the code (_NONFINITE) of the first quantity that went wrong.
+  bad_step: jax.Array  # the step at which it did (-1 if none).
+  bad_value: jax.Array  # the loss at that step.
+  first_loss: jax.Array  # the run's first-step loss (NaN until step 1 has run).
 
 
 class Experiment(NamedTuple):
@@ -88,9 +118,13 @@ def validate(config) -> None:
     value = config.get(field)
     if not (isinstance(value, int) and value > 0):
       raise ValueError(f"config.{field} must be a positive integer, got {value!r}")
-  if config.alignment_every < 0:
-    raise ValueError(f"config.alignment_every must be >= 0 (0 disables), got "
-                     f"{config.alignment_every}")
+  for field in ("alignment_every", "log_every"):
+    value = config.get(field, 0)
+    if not (isinstance(value, int) and value >= 0):
+      raise ValueError(f"config.{field} must be an integer >= 0 (0 disables), got {value!r}")
+  factor = config.get("divergence_factor", 0.0)
+  if not (isinstance(factor, (int, float)) and (factor == 0 or factor > 1)):
+    raise ValueError(f"config.divergence_factor must be 0 (off) or a number > 1, got {factor!r}")
   if config.dataset.name not in data.DATASETS:
     raise ValueError(f"unknown dataset.name {config.dataset.name!r}; valid choices: "
                      f"{', '.join(data.DATASETS)}")
@@ -170,20 +204,24 @@ def _check_placement(placement: str) -> None:
 
 
 def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
-  """Compiles ``chunk(state, images, labels, idx, num_steps)``.
+  """Compiles ``chunk(state, images, labels, idx, num_steps, first_loss) -> ChunkOut``.
 
   Runs ``num_steps`` (dynamic, <= ``idx.shape[0]``) training steps. With
   ``placement="device"`` the whole split is on every device and step ``i``
   gathers the examples ``idx[i]``; with ``"host"``, ``images`` and ``labels``
   are the chunk's batches, ``(steps, batch, ...)``, already sharded on the
-  batch axis, and ``idx`` only gives the number of rows. Returns the new state
-  and sums of the training metrics, plus ``bad`` (0, or the code of the
-  quantity that became non-finite) and ``bad_step``. Once a quantity is
-  non-finite the state stops changing.
+  batch axis, and ``idx`` only gives the number of rows.
+
+  ``first_loss`` is the loss of the run's first step (NaN if it has not run
+  yet; the chunk that runs step 1 records it). With ``config.divergence_factor
+  = f > 0``, a step whose loss exceeds ``f * first_loss`` counts as bad, like a
+  non-finite loss. Once a step is bad the state stops changing, so the state
+  returned is the last good one.
   """
   _check_placement(placement)
   preprocess = make_preprocess(config, exp.spec)
   batch_sharding = NamedSharding(mesh, P("data"))
+  factor = float(config.get("divergence_factor", 0.0))
 
   def one_step(state: TrainState, images, labels, row):
     key = jax.random.wrap_key_data(state.key)
@@ -205,29 +243,36 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
     bad = jnp.where(jnp.all(checks), 0, jnp.argmin(checks) + 1)
     return new, out.metrics, bad
 
-  def chunk(state: TrainState, images, labels, idx, num_steps):
+  def chunk(state: TrainState, images, labels, idx, num_steps, first_loss):
     row = (lambda i: idx[i]) if placement == "device" else (lambda i: i)
     zero_metrics = jax.eval_shape(lambda s: one_step(s, images, labels, row(0))[1], state)
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), zero_metrics)
 
     def body(i, carry):
-      state, sums, bad, bad_step = carry
+      state, sums, bad, bad_step, bad_value, first = carry
       new, metrics, step_bad = one_step(state, images, labels, row(i))
+      loss = jnp.asarray(metrics["loss"], jnp.float32)
+      first = jnp.where(state.step == 0, loss, first)
+      if factor:
+        exploded = (step_bad == 0) & (loss > factor * first)
+        step_bad = jnp.where(exploded, _EXPLODED, step_bad)
       ok = (bad == 0) & (step_bad == 0)
       state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
       sums = jax.tree.map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
       first_bad = (bad == 0) & (step_bad != 0)
       bad_step = jnp.where(first_bad, state.step + 1, bad_step)
+      bad_value = jnp.where(first_bad, loss, bad_value)
       bad = jnp.where(first_bad, step_bad, bad)
-      return state, sums, bad, bad_step
+      return state, sums, bad, bad_step, bad_value, first
 
-    state, sums, bad, bad_step = jax.lax.fori_loop(
-        0, num_steps, body, (state, sums0, jnp.int32(0), jnp.int32(-1)))
+    init = (state, sums0, jnp.int32(0), jnp.int32(-1), jnp.float32(jnp.nan),
+            jnp.asarray(first_loss, jnp.float32))
+    state, sums, bad, bad_step, bad_value, first = jax.lax.fori_loop(0, num_steps, body, init)
     whole = _all_finite((state.params, state.opt_state, state.rule_state, state.net_state))
     late = (bad == 0) & ~whole  # caught only by the end-of-chunk check.
     bad = jnp.where(late, 3, bad)
     bad_step = jnp.where(late, state.step, bad_step)
-    return state, sums, bad, bad_step
+    return ChunkOut(state, sums, bad, bad_step, bad_value, first)
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(chunk, donate_argnums=(0,), out_shardings=replicated)
@@ -260,6 +305,12 @@ def make_eval(exp: Experiment, config, mesh):
   return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
 
 
+def _json_safe(record: dict) -> dict:
+  """``record`` with non-finite floats as None, so it is strict JSON (``null``)."""
+  return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+          for k, v in record.items()}
+
+
 class _Writers:
   """metrics.jsonl and TensorBoard event files in the workdir (process 0 only)."""
 
@@ -276,15 +327,21 @@ class _Writers:
         logging.warning("tensorboardX is not installed; no TensorBoard event files")
 
   def write(self, step: int, record: dict[str, float]) -> None:
+    """Appends an epoch record to metrics.jsonl and logs its scalars to TensorBoard."""
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps({"step": step, **record}) + "\n")
+    self._jsonl.write(json.dumps({"step": step, **_json_safe(record)}, allow_nan=False) + "\n")
     self._jsonl.flush()
-    if self._tb is not None:
-      for k, v in record.items():
-        if isinstance(v, (int, float)) and math.isfinite(v):
-          self._tb.add_scalar(k, v, step)
-      self._tb.flush()
+    self.scalars(step, record)
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    """Logs scalars to TensorBoard only (the every-``log_every``-steps values)."""
+    if not self.enabled or self._tb is None:
+      return
+    for k, v in values.items():
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        self._tb.add_scalar(k, v, step)
+    self._tb.flush()
 
   def close(self) -> None:
     if self._jsonl:
@@ -314,16 +371,19 @@ def make_mesh(devices) -> jax.sharding.Mesh:
                        devices=devices)
 
 
-def check_workdir(workdir: str) -> None:
-  """Creates ``workdir``; one-line errors if it is a file or not writable."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"workdir {workdir} exists and is not a directory")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"cannot create workdir {workdir}: {e.strerror}") from None
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ValueError(f"workdir {workdir} is not writable")
+def _lock_workdir(workdir: str, shown: str) -> workdirs.WorkdirLock:
+  """Process 0 locks the workdir; every process stops if it could not."""
+  lock = workdirs.WorkdirLock(workdir, shown)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdirs.WorkdirBusyError as e:
+      error = e
+  if not checkpoint.all_processes_agree(error is None):
+    raise error or workdirs.WorkdirBusyError(
+        f"workdir {shown} is in use by another jaxbio run (process 0 names it)")
+  return lock
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -331,23 +391,48 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   Args:
     config: an experiment ``ConfigDict`` (see ``launch/configs``).
-    workdir: where ``metrics.jsonl``, TensorBoard events and checkpoints go.
+    workdir: where ``metrics.jsonl``, TensorBoard events, plots and
+      checkpoints go; relative paths are taken from the current directory.
+      A run already there is resumed; a run still going there is an error.
 
   Returns:
     The last epoch's record (train/test loss and accuracy, alignment, timing).
+
+  Raises:
+    ValueError: a bad config, dataset or workdir (one-line messages), or a
+      workdir in use by another run (:class:`jaxbio.workdir.WorkdirBusyError`).
+    NonFiniteError: training diverged; the last good state is saved.
+    Interrupted: SIGTERM or Ctrl-C; the current step is saved.
   """
+  jaxbio.log.setup()
+  t_begin = time.time()
+  shown, workdir = workdir, workdirs.resolve(workdir)
   # Every config error surfaces before data are looked for or anything is written.
   build_experiment(config, num_train=config.batch_size)
-  check_workdir(workdir)
+  workdirs.check(workdir, shown)
   data_dir = config.dataset.get("data_dir") or None
+  if data_dir:
+    data_dir = workdirs.resolve(data_dir)
   train_ds = data.load(config.dataset.name, config.dataset.train_split, data_dir)
   test_ds = data.load(config.dataset.name, config.dataset.test_split, data_dir)
+  logging.info("data: %s %s (%d examples) and %s (%d) ready in %.1f s", config.dataset.name,
+               config.dataset.train_split, len(train_ds.labels), config.dataset.test_split,
+               len(test_ds.labels), time.time() - t_begin)
   exp = build_experiment(config, len(train_ds.labels))
-
   devices = jax.devices()
   if config.batch_size % len(devices):
     raise ValueError(f"config.batch_size {config.batch_size} is not divisible by the "
                      f"{len(devices)} devices")
+  workdirs.create(workdir, shown)
+  lock = _lock_workdir(workdir, shown)
+  try:
+    return _train(config, exp, train_ds, test_ds, devices, workdir, shown, t_begin)
+  finally:
+    lock.release()
+
+
+def _train(config, exp, train_ds, test_ds, devices, workdir, shown, t_begin):
+  """The training loop of :func:`train_and_evaluate`, on a locked workdir."""
   mesh = make_mesh(devices)
   replicated = NamedSharding(mesh, P())
   put = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
@@ -386,32 +471,40 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   bs, spe, total = config.batch_size, exp.steps_per_epoch, exp.total_steps
   ckpt_every = config.checkpoint.every_steps or spe
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep=config.checkpoint.keep)
+  align_every, log_every = config.alignment_every, config.get("log_every", 0)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  # Training metrics of the epoch under way, and the latest periodic metrics:
-  # saved with every checkpoint so a resumed epoch logs what an uninterrupted
-  # one would.
-  loop = {"epoch_sums": {}, "epoch_steps": 0, "last_align": {}}
+  # Training metrics of the epoch under way, the latest periodic metrics, the
+  # run's first-step loss (the divergence guard's reference) and the training
+  # time so far: saved with every checkpoint, so a resumed run logs what an
+  # uninterrupted one would.
+  loop = {"epoch_sums": {}, "epoch_steps": 0, "last_align": {}, "first_loss": None,
+          "elapsed_s": 0.0}
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, meta, _ = restored
-    _check_resumable(meta.get("config", {}), json.loads(config.to_json()), workdir)
-    loop = meta.get("loop", loop)
+    _check_resumable(meta.get("config", {}), json.loads(config.to_json()), shown)
+    loop.update(meta.get("loop", {}))
     logging.info("resuming from the checkpoint of step %d", int(state.step))
-  if jax.process_index() == 0:
+  primary = jax.process_index() == 0
+  if primary:
     _truncate_metrics(metrics_path, int(state.step))
-  writers = _Writers(workdir, jax.process_index() == 0)
+  writers = _Writers(workdir, primary)
   n_train, n_test = len(train_ds.labels), len(test_ds.labels)
-  logging.info("jaxbio: %s on %s with %s (%d parameters), %d epochs x %d steps, %d device(s)",
+  logging.info("%s on %s with %s (%d parameters): %d epochs x %d steps, batch %d, %d device(s)",
                config.rule.name, config.dataset.name, config.model.arch,
-               sum(x.size for x in jax.tree.leaves(state.params)), config.num_epochs, spe,
+               sum(x.size for x in jax.tree.leaves(state.params)), config.num_epochs, spe, bs,
                len(devices))
   step = int(state.step)
   t_start, t_last_log, steps_at_start = time.time(), 0.0, step
+  elapsed_before = float(loop["elapsed_s"])
+  elapsed = lambda: elapsed_before + time.time() - t_start
+  window = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "t": time.time()}
   k_call = config.steps_per_call
 
   def save(force=False):
+    loop["elapsed_s"] = elapsed()
     meta = {"config": json.loads(config.to_json()), "step": step, "epoch": step // spe,
             "loop": loop, "jaxbio_version": jaxbio.__version__}
     ckpt.save(step, state, meta, force=force)
@@ -425,7 +518,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
               "test/accuracy": float(correct) / n_test,
               "test/error_pct": 100.0 * (1 - float(correct) / n_test),
               **{f"align/{k}": v for k, v in loop["last_align"].items()},
-              "time/elapsed_s": time.time() - t_start,
+              "time/elapsed_s": elapsed(),
               "time/steps_per_s": (step - steps_at_start) / max(time.time() - t_start, 1e-9)}
     logging.info("epoch %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f%s",
                  record["epoch"], record.get("train/loss", float("nan")),
@@ -442,8 +535,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writers.write(step, record)
     return record
 
+  def diverged(out: ChunkOut):
+    code, at = int(out.bad), int(out.bad_step)
+    if code == 3:  # found by the end-of-chunk check: no good state to save here.
+      raise NonFiniteError(f"non-finite {_NONFINITE[3]} within steps {step + 1}-{at}; the "
+                           "checkpoints saved before are kept")
+    save(force=True)  # the state stopped at the last good step.
+    if code == _EXPLODED:
+      raise NonFiniteError(
+          f"training loss {float(out.bad_value):.4g} at step {at} is over "
+          f"{config.divergence_factor:g}x the first step's loss {loop['first_loss']:.4g} "
+          f"(config.divergence_factor; 0 disables this check): the run diverged; the state "
+          f"of step {at - 1} is kept")
+    raise NonFiniteError(f"non-finite {_NONFINITE[code]} at step {at}; the state of step "
+                         f"{at - 1} is kept")
+
   record = _last_record(metrics_path)
-  preemption = checkpoint.PreemptionFlag()
+  preemption = checkpoint.PreemptionFlag((signal.SIGTERM, signal.SIGINT))
   try:
     with preemption:
       if step and step % spe == 0 and record.get("step") != step:
@@ -454,51 +562,95 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           loop.update(epoch_sums={}, epoch_steps=0)
         perm = np.asarray(data.epoch_permutation(config.seed, epoch, n_train))
         n = min(k_call, spe - pos, ckpt_every - step % ckpt_every)
-        if config.alignment_every:
-          n = min(n, config.alignment_every - step % config.alignment_every)
+        for every in (align_every, log_every):
+          if every:
+            n = min(n, every - step % every)
         idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
         idx = np.pad(idx, ((0, k_call - n), (0, 0)))  # fixed shape: one compilation.
         if placement == "host":
           train_images, train_labels = host_batches(idx)
-        state, sums, bad, bad_step = chunk_fn(state, train_images, train_labels, put(idx),
-                                              put(np.int32(n)))
-        if int(bad) == 3:  # found by the end-of-chunk check: no good state to save here.
-          raise NonFiniteError(f"non-finite {_NONFINITE[3]} within steps {step + 1}-"
-                               f"{int(bad_step)}; the checkpoints saved before are kept")
-        if int(bad):
+        first = np.float32(np.nan if loop["first_loss"] is None else loop["first_loss"])
+        out = chunk_fn(state, train_images, train_labels, put(idx), put(np.int32(n)),
+                       put(first))
+        state = out.state
+        if loop["first_loss"] is None and math.isfinite(float(out.first_loss)):
+          loop["first_loss"] = float(out.first_loss)
+        if int(out.bad):
           step = int(state.step)
-          save(force=True)  # the state stopped at the last good step.
-          raise NonFiniteError(f"non-finite {_NONFINITE[int(bad)]} at step {int(bad_step)}; "
-                               f"the state of step {int(bad_step) - 1} is kept")
+          diverged(out)
         step += n
+        sums = {k: float(v) for k, v in out.sums.items()}
         for k, v in sums.items():
-          loop["epoch_sums"][k] = loop["epoch_sums"].get(k, 0.0) + float(v)
+          loop["epoch_sums"][k] = loop["epoch_sums"].get(k, 0.0) + v
         loop["epoch_steps"] += n
-        if config.alignment_every and step % config.alignment_every == 0:
+        window.update(loss=window["loss"] + sums["loss"], steps=window["steps"] + n,
+                      accuracy=window["accuracy"] + sums.get("accuracy", 0.0))
+        if align_every and (step % align_every == 0 or step % spe == 0):
           rows = perm[(pos + n - 1) * bs:(pos + n) * bs]
           loop["last_align"] = {k: float(v) for k, v in align_fn(
               state, put(train_ds.images[rows]), put(train_ds.labels[rows]),
               put(jax.random.key_data(jax.random.key(step)))).items()}
         now = time.time()
+        if log_every and step % log_every == 0:
+          writers.scalars(step, {
+              "train_step/loss": window["loss"] / window["steps"],
+              "train_step/accuracy": window["accuracy"] / window["steps"],
+              "time/steps_per_s": window["steps"] / max(now - window["t"], 1e-9)})
+          window.update(loss=0.0, accuracy=0.0, steps=0, t=now)
         if now - t_last_log > config.log_every_secs or step == total:
           rate = (step - steps_at_start) / max(now - t_start, 1e-9)
           logging.info("step %d/%d (epoch %d) %.1f steps/s ETA %s train loss %.4f acc %.4f",
                        step, total, epoch + 1, rate, _fmt_time((total - step) / max(rate, 1e-9)),
-                       float(sums["loss"]) / n, float(sums["accuracy"]) / n)
+                       sums["loss"] / n, sums.get("accuracy", float("nan")) / n)
           t_last_log = now
         if step % spe == 0:
           record = end_of_epoch()
         if step % ckpt_every == 0 or step == total:
           save(force=step == total)
         if preemption.agreed():
-          logging.warning("preempted (SIGTERM): saving step %d before exit", step)
+          logging.warning("%s: saving step %d before exit",
+                          "interrupted (Ctrl-C)" if preemption.signum == signal.SIGINT
+                          else "preempted (SIGTERM)", step)
           save(force=True)
           ckpt.wait()
-          raise SystemExit(128 + 15)
+          raise Interrupted(preemption.signum, step, os.path.join(shown, "checkpoints"))
+    ckpt.wait()
+    latest = ckpt.latest_step()
   finally:
     writers.close()
     ckpt.close()
+  if primary:
+    _summary(config, metrics_path, shown, step - steps_at_start, time.time() - t_start,
+             time.time() - t_begin, latest)
   return record
+
+
+def _summary(config, metrics_path: str, shown: str, steps_run: int, train_s: float,
+             wall_s: float, latest: int | None) -> None:
+  """Writes the run's plots and logs a short end-of-run summary."""
+  records = [r for r in _read_records(metrics_path) if r.get("test/error_pct") is not None]
+  plots = []
+  try:
+    from jaxbio import plot  # pylint: disable=g-import-not-at-top
+    plots = plot.plot_runs([os.path.dirname(metrics_path)],
+                           os.path.join(os.path.dirname(metrics_path), "plots"))
+  except Exception as e:  # pylint: disable=broad-except  (a plot never fails a run)
+    logging.warning("could not write plots: %s", str(e).splitlines()[0] if str(e) else e)
+  lines = [f"done: {config.rule.name} on {config.dataset.name}, {steps_run} steps in "
+           f"{_fmt_time(wall_s)} ({steps_run / max(train_s, 1e-9):.1f} steps/s in training)"]
+  if records:
+    last = records[-1]
+    best = min(records, key=lambda r: r["test/error_pct"])
+    lines.append(f"test error: final {last['test/error_pct']:.2f} % (epoch {last['epoch']}), "
+                 f"best {best['test/error_pct']:.2f} % (epoch {best['epoch']})")
+  lines.append(f"metrics: {os.path.join(shown, 'metrics.jsonl')}, TensorBoard: "
+               f"{os.path.join(shown, 'tensorboard')}")
+  if plots:
+    lines.append(f"plots: {', '.join(os.path.join(shown, 'plots', os.path.basename(p)) for p in plots)}")
+  lines.append(f"checkpoints: {os.path.join(shown, 'checkpoints')}"
+               + (f" (latest: step {latest})" if latest is not None else ""))
+  for line in lines:
+    logging.info("%s", line)
 
 
 # Fields whose change would alter the data order or the meaning of the step count.

@@ -1,20 +1,29 @@
 """jaxbio launcher: parses flags and calls ``jaxbio.train.train_and_evaluate``.
 
-    python -m launch.main --config=launch/configs/bartunov_mnist_fc.py:fa \
-        --workdir=/tmp/jaxbio/fa --config.num_epochs=5
+    python -m launch.main --config=launch/configs/bartunov.py:mnist,fc,fa \
+        --config.dataset.data_dir=../shared/data/tfds --workdir=runs/mnist_fc_fa \
+        --config.num_epochs=5
 
-Any config field can be overridden with ``--config.<field>=<value>``. Bad
-configs exit non-zero with one line naming the bad value and the valid choices.
+Experiment files: ``launch/configs/bartunov.py`` (BP and the feedback-alignment
+family, Bartunov et al. 2018), ``launch/configs/hep_fmnist.py`` and
+``launch/configs/hep_conv.py`` (holomorphic EP, Laborieux & Zenke 2024); the
+argument after ``:`` is documented at the top of each file. Any config field
+can be overridden with ``--config.<field>=<value>``. Bad configs exit
+non-zero with one line naming the bad value and the valid choices. The same
+command on the same ``--workdir`` resumes a run; Ctrl-C or SIGTERM saves the
+current step first. Libraries log at warning level unless ``--verbosity``
+asks for more (``--verbosity=0`` shows their info lines).
 """
 
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, e.g. launch/configs/bartunov_mnist_fc.py:bp.",
+    "config", None, "Experiment config file and argument, e.g. "
+    "launch/configs/bartunov.py:mnist,fc,fa (also hep_fmnist.py, hep_conv.py).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard and "
                                "checkpoints; an existing run there is resumed.")
@@ -29,14 +38,28 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  # Imported here so that --help and flag errors do not pay for importing JAX.
-  from jaxbio import distributed, train  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    from jaxbio import log  # pylint: disable=g-import-not-at-top
+    log.quiet_libraries()
   try:
+    # Imported here so that --help and flag errors do not pay for importing JAX.
+    from jaxbio import distributed, train  # pylint: disable=g-import-not-at-top
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, train.NonFiniteError) as e:  # DatasetNotFoundError is a ValueError.
-    logging.error("%s", e)
-    sys.exit(f"jaxbio: error: {e}")
+    # (The first line: JAX appends notes to errors raised while tracing.)
+    _exit(f"jaxbio: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", 1)
+  except train.Interrupted as e:
+    _exit(f"jaxbio: {e}", 128 + e.signum)
+  except KeyboardInterrupt:
+    _exit("jaxbio: interrupted (Ctrl-C); not saved since the last checkpoint, which is kept",
+          130)
+
+
+def _exit(line: str, code: int) -> None:
+  """Prints one line to stderr and exits with ``code``."""
+  print(line, file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def _check_config_args(argv: list[str]) -> str | None:
@@ -77,10 +100,13 @@ def _check_config_args(argv: list[str]) -> str | None:
 
 def run() -> None:
   """``app.run(main)``, with one-line errors for bad config files and overrides."""
-  message = _check_config_args(sys.argv[1:])
-  if message:
-    sys.exit(f"jaxbio: error: {message}")
-  app.run(main)
+  try:
+    message = _check_config_args(sys.argv[1:])
+    if message:
+      _exit(f"jaxbio: error: {message}", 1)
+    app.run(main)
+  except KeyboardInterrupt:
+    _exit("jaxbio: interrupted (Ctrl-C) before training started; nothing to save", 130)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ def run(config, devices, images, labels, steps):
   state = jax.jit(lambda: train.init_state(exp, 0), out_shardings=replicated)()
   idx = np.arange(steps * config.batch_size, dtype=np.int32).reshape(steps, -1)
   put = lambda x: jax.device_put(x, replicated)
-  state, sums, bad, _ = chunk(state, put(images), put(labels), put(idx), put(np.int32(steps)))
-  assert int(bad) == 0
-  return jax.device_get((state.params, state.rule_state, state.net_state))
+  out = chunk(state, put(images), put(labels), put(idx), put(np.int32(steps)), put(np.float32(np.nan)))
+  assert int(out.bad) == 0
+  return jax.device_get((out.state.params, out.state.rule_state, out.state.net_state))
 
 
 def main():

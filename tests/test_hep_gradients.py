@@ -1,4 +1,4 @@
-"""hEP estimators against exact references (spec §2.5, §5.3–§5.5, §5.8, §5.10).
+"""hEP estimators against exact references: closed forms, Cauchy bias, sign, online.
 
 Small float64 networks: the oracles are identities of exact arithmetic at an
 exact fixed point, so they are tested far below float32 rounding.
@@ -64,7 +64,7 @@ def test_symmetric_weights_hep_n0_equals_bptt_and_rbp():
 
 
 def test_asymmetric_closed_forms():
-  """v = −J⁻¹c, δ = −J⁻ᵀc and v = J⁻¹Jᵀδ with J = W − D⁻¹ (spec §2.5, §5.4)."""
+  """v = −J⁻¹c, δ = −J⁻ᵀc and v = J⁻¹Jᵀδ with J = W − D⁻¹."""
   with jax.enable_x64(True):
     net, params, batch = _setup(90.0, t_free=200)
 
@@ -159,7 +159,7 @@ def test_batch_update_is_mean_of_per_example_updates_and_readout_is_autodiff():
 
 
 def test_update_is_a_descent_direction_at_angle_zero():
-  """⟨g_hEP, ∇L⟩ > 0 with ∇L by autodiff through the whole free phase (spec §5.8)."""
+  """⟨g_hEP, ∇L⟩ > 0 with ∇L by autodiff through the whole free phase."""
   with jax.enable_x64(True):
     net, params, batch = _setup(0.0)
     update = rec.make_rule("hep", net, n_points=2, beta=0.05, t_nudge=60).update
@@ -172,7 +172,7 @@ def test_update_is_a_descent_direction_at_angle_zero():
 
 
 def test_online_variant_equals_cauchy_estimate_once_settled():
-  """Settled rounds, first period dropped: v̂ = N-point Cauchy estimate (spec §5.10)."""
+  """Settled rounds, first period dropped: v̂ = N-point Cauchy estimate."""
   with jax.enable_x64(True):
     net, params, batch = _setup(90.0, t_free=200)
 

@@ -1,4 +1,4 @@
-"""hEP networks: parameter counts, activations, loops, interface (spec §3, §5.1, §5.2, §5.7)."""
+"""hEP networks: parameter counts of the authors' nets, activations, loops, interface."""
 
 import math
 
@@ -111,7 +111,8 @@ def test_weight_angle_follows_rotation():
 
   assert angle(0.0) < 1e-3
   assert 88.0 < angle(90.0) < 92.0
-  # cos θ = cos α √S_f / √(sin²α S_b + cos²α S_f), S_f = 266, S_b = 512 (spec §3.1).
+  # Kernel scales differ, so θ ≠ α: cos θ = cos α √S_f / √(sin²α S_b + cos²α S_f),
+  # with expected squared norms S_f = 266 (forward), S_b = 512 (feedback).
   a = math.radians(45.0)
   expected = math.degrees(math.acos(math.cos(a) * math.sqrt(266) / math.sqrt(
       math.sin(a) ** 2 * 512 + math.cos(a) ** 2 * 266)))
@@ -152,7 +153,7 @@ def test_small_cnn_runs_and_is_symmetric_at_angle_zero():
 
   u, sym, asym, out = run(params, params90, jax.random.key(2))
   assert u["conv1"].shape == (2, 16, 16, 4) and u["out"].shape == (2, 1, 1, 4)
-  # H = ∇Φ at α = 0, so every Hutchinson term vanishes (spec §5.6: CNN α = 0 → 0).
+  # H = ∇Φ at α = 0, so J_h is symmetric and every Hutchinson term vanishes.
   assert float(asym) > 1e-3
   assert abs(float(sym)) < 1e-5 * float(asym)
   assert jax.tree.structure(out.grads) == jax.tree.structure(params90)

@@ -161,11 +161,11 @@ def test_divergence_stops_at_the_step_and_keeps_last_good_state():
   def run(bad_step, n):
     e = exp._replace(rule=_poisoned(exp.rule, bad_step))
     chunk = train.make_train_chunk(e, config, mesh)
-    return chunk(train.init_state(e, 0), images, labels, idx, jax.numpy.int32(n))
+    return chunk(train.init_state(e, 0), images, labels, idx, jax.numpy.int32(n), np.nan)
 
-  state, _, bad, bad_step = run(bad_step=6, n=7)
+  state, _, bad, bad_step, _, _ = run(bad_step=6, n=7)
   assert train._NONFINITE[int(bad)] == "update" and int(bad_step) == 6
-  clean, _, ok, _ = run(bad_step=-1, n=5)
+  clean, _, ok, _, _, _ = run(bad_step=-1, n=5)
   assert int(ok) == 0 and int(state.step) == 5
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(clean.params)):
     np.testing.assert_array_equal(a, b)
@@ -182,8 +182,9 @@ def test_train_chunk_compiles_once_for_every_chunk_length():
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   state = jax.device_put(train.init_state(exp, 0), replicated)
   idx = jax.numpy.zeros((config.steps_per_call, config.batch_size), jax.numpy.int32)
+  first = jax.device_put(np.float32(np.nan), replicated)
   for n in (7, 3, 1):
-    state, sums, bad, _ = chunk(state, images, labels, idx, jax.numpy.int32(n))
+    state, sums, bad, _, _, first = chunk(state, images, labels, idx, jax.numpy.int32(n), first)
   assert int(state.step) == 11 and int(bad) == 0
   assert chunk._cache_size() == 1
 
@@ -255,7 +256,7 @@ def test_nonfinite_state_is_caught_at_the_end_of_the_chunk():
   images = jax.numpy.zeros((2560, 28, 28, 1), jax.numpy.uint8)
   labels = jax.numpy.zeros((2560,), jax.numpy.int32)
   idx = jax.numpy.zeros((7, 128), jax.numpy.int32)
-  state, _, bad, bad_step = chunk(train.init_state(exp, 0), images, labels, idx,
-                                  jax.numpy.int32(5))
+  state, _, bad, bad_step, _, _ = chunk(train.init_state(exp, 0), images, labels, idx,
+                                        jax.numpy.int32(5), np.nan)
   assert train._NONFINITE[int(bad)].startswith("parameter, optimizer, rule")
   assert int(bad_step) == int(state.step) == 5

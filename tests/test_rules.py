@@ -6,7 +6,6 @@ import numpy as np
 import optax
 import pytest
 
-import jaxbio
 from jaxbio import nets, rules
 from jaxbio.metrics import alignment_metrics, angle_degrees
 
@@ -255,37 +254,44 @@ def test_alignment_metrics():
   np.testing.assert_allclose(angle_degrees(jnp.array([1.0, 0]), jnp.array([0, 2.0])), 90.0)
 
 
-def test_readme_example_runs():
-  # The README's interface example, verbatim in spirit: a user's own step.
-  net = jaxbio.nets.mlp((784,), [64, 64], 10)
-  rule = jaxbio.rules.feedback_alignment(net)
-  params, net_state = net.init(jax.random.key(0))
-  rule_state = rule.init(jax.random.key(1), params)
-  tx = optax.adam(1e-3)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, net_state, opt_state, rule_state, batch, key):
-    out = rule.update(params, net_state, rule_state, batch, key)
-    updates, opt_state = tx.update(out.grads, opt_state, params)
-    rule_state = rule.after_step(out.state, params, updates)
-    return optax.apply_updates(params, updates), out.net_state, opt_state, rule_state, out.metrics
-
-  batch = _batch((784,), n=32)
-  losses = []
-  for i in range(100):
-    params, net_state, opt_state, rule_state, m = step(params, net_state, opt_state, rule_state,
-                                                       batch, jax.random.key(i))
-    losses.append(float(m["loss"]))
-  assert losses[-1] < 0.5 * losses[0]
-
-
 def test_wrong_input_shape_is_a_one_line_error():
   net = nets.mlp((28, 28, 1), [8], 10)
   params, state = net.init(jax.random.key(0))
   batch = {"image": jnp.zeros((4, 32, 32, 3)), "label": jnp.zeros((4,), jnp.int32)}
   for rule in (rules.backprop(net), rules.feedback_alignment(net),
                rules.direct_feedback_alignment(net)):
-    with pytest.raises(ValueError, match=r"input batch has shape \(4, 32, 32, 3\), but the "
+    with pytest.raises(ValueError, match=r"batch\['image'\] has shape \(4, 32, 32, 3\), but the "
                                          r"network expects \(batch, 28, 28, 1\)"):
       rule.update(params, state, rule.init(jax.random.key(1), params), batch, None)
+
+
+@pytest.mark.parametrize("batch,message", [
+    ({"image": jnp.zeros((4, 784)), "label": jnp.array([0, 3, 10, 1])},
+     r"batch\['label'\] has 1 label\(s\) outside \[0, 10\), e.g. 10; labels must be class "
+     r"indices 0..9$"),
+    ({"image": jnp.zeros((4, 784)), "label": jnp.array([0, -1, 2, 1])}, r"outside \[0, 10\), e.g. -1"),
+    ({"image": jnp.zeros((4, 784)), "label": jnp.zeros((3,), jnp.int32)},
+     r"batch\['label'\] has shape \(3,\); expected \(4,\): one integer class per image$"),
+    ({"image": jnp.zeros((4, 784)), "label": jnp.zeros((4,))},
+     r"batch\['label'\] has dtype float32; expected integer class indices in \[0, 10\)$"),
+    ({"image": jnp.zeros((4, 784))}, r"batch must be a dict with keys 'image' and 'label', got "
+                                     r"\['image'\]$"),
+])
+def test_bad_labels_are_one_line_errors(batch, message):
+  net = nets.mlp((784,), [8], 10)
+  params, state = net.init(jax.random.key(0))
+  for rule in (rules.backprop(net), rules.feedback_alignment(net),
+               rules.direct_feedback_alignment(net)):
+    rule_state = rule.init(jax.random.key(1), params)
+    with pytest.raises(ValueError, match=message):  # an eager call: values are checked.
+      rule.update(params, state, rule_state, batch, None)
+    with pytest.raises(ValueError, match=message):  # the host-side check users call.
+      rules.check_batch(net, batch)
+  if "label" in batch and batch["label"].shape == (4,) and batch["label"].dtype == jnp.int32:
+    # Inside jit, label values are unknown: only their shape and dtype are checked,
+    # and the check is free (at trace time).
+    out = jax.jit(rules.backprop(net).update)(params, state, (), batch, None)
+    assert out.grads is not None
+  else:  # (under jit, JAX appends a note to the message: match its first line.)
+    with pytest.raises(ValueError, match=message.rstrip("$") + "\n"):
+      jax.jit(rules.backprop(net).update)(params, state, (), batch, None)

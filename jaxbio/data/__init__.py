@@ -12,6 +12,7 @@ from jaxbio.data.pipeline import load
 from jaxbio.data.pipeline import NORMALIZE_MODES
 from jaxbio.data.pipeline import normalize
 from jaxbio.data.pipeline import random_crop_flip
+from jaxbio.data.pipeline import resolve_cache_dir
 from jaxbio.data.pipeline import resolve_data_dir
 from jaxbio.data.pipeline import shared_data_dir
 
@@ -26,6 +27,7 @@ __all__ = [
     'load',
     'normalize',
     'random_crop_flip',
+    'resolve_cache_dir',
     'resolve_data_dir',
     'shared_data_dir',
 ]

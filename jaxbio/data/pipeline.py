@@ -7,6 +7,17 @@ after that runs on the accelerator as pure, jit-able ``jax.numpy`` code:
 :func:`epoch_permutation` for shuffling, :func:`random_crop_flip` for
 augmentation and :func:`normalize` for scaling.
 
+Decoding MNIST takes seconds to minutes, so :func:`load` caches the decoded
+arrays: one uncompressed ``.npz`` file per (dataset, prepared version, split,
+data directory) in ``$JAXBIO_CACHE_DIR``, else
+``$XDG_CACHE_HOME/jaxbio/datasets``, else ``~/.cache/jaxbio/datasets`` (see
+:func:`resolve_cache_dir`), never in the data directory. The file name holds a
+hash of that key and of the size and mtime of every file of the prepared
+version, so a rebuilt dataset misses the cache. Disable caching with
+``JAXBIO_CACHE_DIR=off`` or ``load(..., cache=False)``. A corrupt cache file is
+rebuilt, and an unwritable cache directory only costs the speed-up (both with a
+warning).
+
 Example::
 
     from jaxbio import data
@@ -17,12 +28,19 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
+import logging as std_logging
 import os
 import pathlib
-from typing import Any, NamedTuple, Sequence
+import re
+import tempfile
+from typing import Any, Iterator, NamedTuple, Sequence
+from unittest import mock
 
+from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
@@ -31,6 +49,14 @@ import tensorflow_datasets as tfds
 
 NORMALIZE_MODES = ('scale', 'standardize')
 _DEFAULT_CHUNK_SIZE = 4096
+
+CACHE_DIR_ENV = 'JAXBIO_CACHE_DIR'
+_CACHE_OFF_VALUES = ('off', 'none', 'false', '0')
+# Bump when the cache file layout or the decoding changes, so old files miss.
+_CACHE_FORMAT = 1
+_CACHE_ARRAYS = ('images', 'labels', 'key')
+# Cache directories already warned about as unusable; warn once per directory.
+_UNUSABLE_CACHE_DIRS: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +179,29 @@ def shared_data_dir() -> str | None:
   return str(path) if path.is_dir() else None
 
 
+def resolve_cache_dir() -> str | None:
+  """Picks the directory that caches decoded datasets for :func:`load`.
+
+  Precedence: ``$JAXBIO_CACHE_DIR``, then ``$XDG_CACHE_HOME/jaxbio/datasets``
+  (if ``$XDG_CACHE_HOME`` is an absolute path), then
+  ``~/.cache/jaxbio/datasets``. An empty ``$JAXBIO_CACHE_DIR`` counts as unset;
+  ``JAXBIO_CACHE_DIR=off`` (or ``none``, ``false``, ``0``) disables the cache.
+  The directory is not created here.
+
+  Returns:
+    The absolute cache directory, or ``None`` if caching is disabled.
+  """
+  env = os.environ.get(CACHE_DIR_ENV, '').strip()
+  if env.lower() in _CACHE_OFF_VALUES:
+    return None
+  if env:
+    return os.path.abspath(os.path.expanduser(env))
+  xdg = os.environ.get('XDG_CACHE_HOME', '')
+  base = xdg if os.path.isabs(xdg) else os.path.join(
+      os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'jaxbio', 'datasets')
+
+
 # ------------------------------------------------------------------- loading
 
 
@@ -162,8 +211,18 @@ def load(
     data_dir: str | None = None,
     *,
     chunk_size: int = _DEFAULT_CHUNK_SIZE,
+    cache: bool = True,
 ) -> ArrayDataset:
   """Loads one split of a prepared TFDS dataset into host memory.
+
+  The decoded arrays are cached in :func:`resolve_cache_dir` (one uncompressed
+  ``.npz`` file per dataset, prepared version, split and data directory), so a
+  second load of the same split skips decoding. The cache key includes the size
+  and mtime of every file of the prepared version: rebuilding the dataset
+  invalidates it. The dataset is still opened, and all errors below raised, on
+  a cache hit. A corrupt cache file is ignored with a warning and rebuilt; an
+  unusable cache directory gives one warning and no caching. Disable the cache
+  with ``cache=False`` or ``JAXBIO_CACHE_DIR=off``.
 
   Args:
     name: A key of :data:`DATASETS`.
@@ -172,6 +231,7 @@ def load(
     data_dir: Data directory, resolved by :func:`resolve_data_dir`.
     chunk_size: Records decoded per ``__getitems__`` call; bounds the memory
       held in decoded Python objects at any time.
+    cache: Whether to read and write the decoded-array cache.
 
   Returns:
     The decoded :class:`ArrayDataset`.
@@ -190,7 +250,16 @@ def load(
     raise ValueError(f'chunk_size must be a positive int, got {chunk_size!r}')
   root = resolve_data_dir(data_dir)
   source = _open_source(spec, split, root)
-  images, labels = _decode_all(source, spec, chunk_size)
+  path, key = (
+      _cache_entry(spec, split, root, source) if cache else (None, None))
+  cached = _read_cache(path, key, spec, len(source)) if path else None
+  if cached is not None:
+    images, labels = cached
+  else:
+    with _without_opencv_warning():
+      images, labels = _decode_all(source, spec, chunk_size)
+    if path:
+      _write_cache(path, key, images, labels)
   return ArrayDataset(images=images, labels=labels, spec=spec, split=split)
 
 
@@ -259,6 +328,25 @@ def _decode_all(
   return images, labels
 
 
+class _OpenCvWarningFilter(std_logging.Filter):
+  """Drops TFDS's "OpenCV is not installed ... Defaulting to PIL" warning."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('OpenCV is not installed.')
+
+
+@contextlib.contextmanager
+def _without_opencv_warning() -> Iterator[None]:
+  """Silences only that TFDS warning while decoding: PIL is intended here."""
+  absl_logger = std_logging.getLogger('absl')
+  log_filter = _OpenCvWarningFilter()
+  absl_logger.addFilter(log_filter)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(log_filter)
+
+
 def _stack_images(records: Sequence[dict], spec: DatasetSpec) -> np.ndarray:
   """Stacks decoded images, checking them against the spec."""
   images = np.stack([np.asarray(r['image']) for r in records])
@@ -278,6 +366,112 @@ def _stack_labels(records: Sequence[dict], spec: DatasetSpec) -> np.ndarray:
         f'dataset {spec.name!r} has label {int(bad[0])} outside '
         f'[0, {spec.num_classes})')
   return labels.astype(np.int32)
+
+
+# --------------------------------------------------------------------- cache
+
+
+def _cache_entry(
+    spec: DatasetSpec, split: str, root: str, source: Any
+) -> tuple[str | None, str | None]:
+  """Returns the cache file path and key for one load, or ``(None, None)``.
+
+  ``None`` when caching is disabled, the source is a test mock, or the prepared
+  version directory is not a local directory that can be fingerprinted.
+  """
+  cache_dir = resolve_cache_dir()
+  info = getattr(source, 'dataset_info', None)
+  if (cache_dir is None or info is None
+      or isinstance(getattr(source, 'data_source', None), mock.Mock)):
+    return None, None
+  version_dir = os.path.abspath(os.fspath(info.data_dir))
+  files = _fingerprint(version_dir)
+  if not files:
+    return None, None
+  key = json.dumps({
+      'format': _CACHE_FORMAT,
+      'name': spec.name,
+      'version': str(info.version),
+      'split': split,
+      'data_dir': os.path.abspath(root),
+      'version_dir': version_dir,
+      'files': files,
+  }, sort_keys=True)
+  digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+  prefix = re.sub(r'[^A-Za-z0-9._-]+', '_', f'{spec.name}-{split}')
+  return os.path.join(cache_dir, f'{prefix}-{digest}.npz'), key
+
+
+def _fingerprint(version_dir: str) -> list[list[Any]] | None:
+  """``[relative path, size, mtime_ns]`` of every file under ``version_dir``."""
+  if not os.path.isdir(version_dir):
+    return None
+  files = []
+  try:
+    for parent, dirs, names in os.walk(version_dir):
+      dirs.sort()
+      for file_name in sorted(names):
+        path = os.path.join(parent, file_name)
+        stat = os.stat(path)
+        rel = os.path.relpath(path, version_dir)
+        files.append([rel, stat.st_size, stat.st_mtime_ns])
+  except OSError:
+    return None
+  return files or None
+
+
+def _read_cache(
+    path: str, key: str, spec: DatasetSpec, n: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+  """Loads a cache file, or returns ``None`` (warning if it is unusable)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      if sorted(npz.files) != sorted(_CACHE_ARRAYS):
+        raise ValueError(f'arrays {sorted(npz.files)}')
+      if str(npz['key']) != key:
+        raise ValueError('key mismatch')
+      images, labels = npz['images'], npz['labels']
+    if images.dtype != np.uint8 or images.shape != (n, *spec.image_shape):
+      raise ValueError(f'images {images.dtype}{list(images.shape)}')
+    if labels.dtype != np.int32 or labels.shape != (n,):
+      raise ValueError(f'labels {labels.dtype}{list(labels.shape)}')
+    if n and (labels.min() < 0 or labels.max() >= spec.num_classes):
+      raise ValueError('labels out of range')
+  except Exception as err:  # pylint: disable=broad-except
+    logging.warning(
+        'jaxbio data: ignoring unreadable dataset cache file %s (%s: %s); '
+        'decoding again', path, type(err).__name__, err)
+    return None
+  return images, labels
+
+
+def _write_cache(
+    path: str, key: str, images: np.ndarray, labels: np.ndarray
+) -> None:
+  """Writes a cache file atomically; warns once per directory on failure."""
+  cache_dir = os.path.dirname(path)
+  tmp = None
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        dir=cache_dir, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, images=images, labels=labels, key=np.array(key))
+    os.replace(tmp, path)
+    tmp = None
+  except Exception as err:  # pylint: disable=broad-except
+    if cache_dir not in _UNUSABLE_CACHE_DIRS:
+      _UNUSABLE_CACHE_DIRS.add(cache_dir)
+      logging.warning(
+          'jaxbio data: cannot write the dataset cache in %s (%s: %s); '
+          'loading without it (set %s to another directory, or to "off")',
+          cache_dir, type(err).__name__, err, CACHE_DIR_ENV)
+  finally:
+    if tmp is not None:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
 
 
 # ---------------------------------------------------------- device transforms

@@ -1,7 +1,8 @@
 """Convergent recurrent networks and holomorphic equilibrium propagation (hEP).
 
 Laborieux & Zenke, "Improving equilibrium propagation without weight symmetry
-through Jacobian homeostasis", ICLR 2024; specification: specs/hep.md.
+through Jacobian homeostasis", ICLR 2024 (arXiv:2309.02214). The algorithm
+follows the authors' code, github.com/Laborieux-Axel/generalized-holo-ep.
 
 * :func:`make_network`: ``hep_mlp``, ``hep_loop_mlp``, ``hep_cnn``.
 * :func:`make_rule`: ``ep``, ``hep`` (N = 0, 1, 2, ≥ 3), ``hep_online``,

@@ -1,16 +1,18 @@
-"""Free and nudged phases, the readout and the neuronal-error estimators (hEP spec §2.2–§2.7).
+"""Free and nudged phases, the readout and the neuronal-error estimators of generalized hEP.
 
-Dynamics (spec §2.2): a plain fixed-point iteration, all layers synchronous,
+Dynamics: a plain fixed-point iteration with no leak and no dt (the "convergent
+RNN" setting of Ernoult et al. 2019), all layers synchronous,
 
     u_{t+1} = H(σ(u_t), x) + β P_out c(σ(u_t,out)),    c(a_out) = ∂ℓ/∂a_out = Rᵀ(softmax(z) − y),
 
 from u = 0 (free phase, β = 0, T1 steps, giving u1) or from u1 (nudged phases,
 T2 steps at constant β). Every time loop is a ``lax.fori_loop``.
 
-Sign convention (spec §2.3): the nudge is **+β c**, so a positive real β pushes
-the output *up* the loss and v = dσ(u*_β)/dβ|₀ yields the estimate **+∇_θ L**,
-which the optimiser descends. All estimators divide by β, so β's sign only
-matters through the higher-order bias.
+Sign convention (the authors' code's; many EP papers nudge with −β instead):
+the nudge is **+β c**, so a positive real β pushes the output *up* the loss and
+v = dσ(u*_β)/dβ|₀ yields the estimate **+∇_θ L**, which the optimiser descends.
+All estimators divide by β, so β's sign only matters through the higher-order
+bias.
 
 Every function is batched: states are dicts ``{layer: (B, *shape)}``; the
 per-example loss gradient ``c`` is *not* divided by B (updates divide once).
@@ -62,7 +64,7 @@ def zeros_state(net, batch_shape: tuple[int, ...], dtype) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Readout and loss (spec §2.3).
+# Readout and loss; c = ∂ℓ/∂a_out is taken through the readout at the current state.
 
 
 def logits(net, params: dict, a_out: jax.Array) -> jax.Array:
@@ -120,7 +122,7 @@ def run(net, params: dict, drive: dict, u0: dict, steps: int, beta=None, y=None)
 
 def free_phase(net, params: dict, x: jax.Array, *, t_free: int | None = None,
                free_dtype: str | None = None) -> dict:
-  """The free phase (spec §2.4): T1 iterations from u = 0 at β = 0; returns u1.
+  """The free phase: T1 iterations from u = 0 at β = 0; returns u1.
 
   Args:
     net: a :class:`jaxbio.recurrent.HEPNetwork`.
@@ -153,7 +155,7 @@ def residual_norm(net, params: dict, drive: dict, u: dict) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------
-# Neuronal-error estimators (spec §2.4, §2.5).
+# Neuronal-error estimators of v = dσ(u*_β)/dβ at β = 0.
 
 
 def nudged_activity(net, params, drive, u1, y, beta, t_nudge: int) -> dict:
@@ -177,7 +179,7 @@ def check_estimator(n_points, beta, t_nudge, n1_reference):
 def neuronal_error(net, params: dict, drive: dict, u1: dict, y: jax.Array, *,
                    n_points: int, beta: float, t_nudge: int, n1_reference: str = "start",
                    fold_conjugates: bool = True) -> dict:
-  """The hEP estimate of v = dσ(u*_β)/dβ at β = 0 (spec §2.4 table).
+  """The hEP estimate of v = dσ(u*_β)/dβ at β = 0, by the number of points N.
 
   With f(β) = σ(u_{T2}(β)) started from u1:
 
@@ -249,11 +251,12 @@ def loss_grad_state(net, params: dict, u: dict, labels: jax.Array) -> dict:
 
 def rbp_adjoint(net, params: dict, drive: dict, u1: dict, labels: jax.Array, *,
                 t_nudge: int, neumann: bool = False) -> dict:
-  """Recurrent backprop (Almeida–Pineda) adjoint at u1 (spec §2.7).
+  """Recurrent backprop (Almeida–Pineda) adjoint at u1 (the authors' ``rec_bp``).
 
   Iterates δ ← δ + (∂F/∂u)ᵀδ + ∂ℓ/∂u = (WD)ᵀδ + D P_out c from δ = 0 for T2
   steps (``neumann=True``: T2 + 1 steps, δ = Σ_{k=0}^{T2} ((I + ∂F/∂u)ᵀ)^k ∂ℓ/∂u).
-  For a contractive iteration δ → (D⁻¹ − Wᵀ)⁻¹c = −J⁻ᵀc (spec §2.5).
+  For a contractive iteration δ → (D⁻¹ − Wᵀ)⁻¹c = −J⁻ᵀc (the implicit-function
+  adjoint).
   """
   if not isinstance(t_nudge, int) or t_nudge < 1:
     raise ValueError(f"t_nudge must be an integer >= 1, got {t_nudge!r}")
@@ -269,7 +272,7 @@ def rbp_adjoint(net, params: dict, drive: dict, u1: dict, labels: jax.Array, *,
 
 
 # ---------------------------------------------------------------------------
-# Online variant (spec §2.4, "online_hvf").
+# Online variant ("online_hvf" in the authors' code).
 
 
 def online_phase(net, params: dict, x: jax.Array, y: jax.Array, *, n_points: int, beta: float,

@@ -1,17 +1,18 @@
-"""Generalized holomorphic EP and its baselines as jaxbio learning rules (hEP spec §2.4–§2.9).
+"""Generalized holomorphic EP and its baselines as jaxbio learning rules.
 
 Laborieux & Zenke, "Improving equilibrium propagation without weight symmetry
-through Jacobian homeostasis", ICLR 2024. One training step (spec §2.9):
+through Jacobian homeostasis", ICLR 2024. One training step (every gradient
+uses the pre-update θ):
 
     u1 ← T1 free iterations from u = 0 (β = 0)
     v  ← estimator(N) from u1            (ep / hep / rbp; online: the rounds)
-    g  = (1/B) Σ_batch (∂F/∂θ |_{u1, β=0})ᵀ v  +  ∇_{R,r} (1/B) Σ_batch ℓ(σ(u1_out))   (spec §2.6)
+    g  = (1/B) Σ_batch (∂F/∂θ |_{u1, β=0})ᵀ v  +  ∇_{R,r} (1/B) Σ_batch ℓ(σ(u1_out))
 
 The first term is one VJP of the vector field w.r.t. θ at the free fixed
 point; for a dense connection p→q it is the local rule mean_batch v_q σ(u1_p)ᵀ.
-``g`` is in gradient convention (the nudge is +βc, spec §2.3), so the optimiser
-descends it. Forward and feedback weights get different updates and are never
-tied. Homeostasis is added with :func:`jaxbio.rules.base.with_penalty` and
+``g`` is in gradient convention (the nudge is +βc, as in the authors' code),
+so the optimiser descends it. Forward and feedback weights get different
+updates and are never tied. Homeostasis is added with :func:`jaxbio.rules.base.with_penalty` and
 :func:`jaxbio.recurrent.homeostasis.homeostasis_penalty`, which read
 ``aux["fixed_point"]``.
 
@@ -40,8 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbio.recurrent import dynamics
-from jaxbio.recurrent.network import check_input
-from jaxbio.rules.base import LearningRule, RuleOutput, accuracy
+from jaxbio.rules.base import LearningRule, RuleOutput, accuracy, check_batch
 
 RESIDUAL_THRESHOLD = 1e-3
 
@@ -50,16 +50,13 @@ RESIDUAL_THRESHOLD = 1e-3
 
 
 def _prepare(net, params, batch):
-  if "image" not in batch or "label" not in batch:
-    raise ValueError(f"batch must have keys 'image' and 'label', got {sorted(batch)}")
-  x = batch["image"]
-  check_input(net, x)
-  return x.astype(dynamics.real_dtype(params)), batch["label"]
+  check_batch(net, batch)
+  return batch["image"].astype(dynamics.real_dtype(params)), batch["label"]
 
 
 def vector_field_grads(net, params: dict, x: jax.Array, u: dict, err: dict,
                        labels: jax.Array):
-  """The generalized-EP update at the state ``u`` with neuronal error ``err`` (spec §2.6).
+  """The generalized-EP update at the state ``u`` with neuronal error ``err``.
 
   g_θ = (1/B) Σ_batch (∂F/∂θ|_u)ᵀ err + ∇_{R,r} (1/B) Σ_batch ℓ(σ(u_out)),
   with ``u`` and ``err`` held constant. ∂F/∂θ = ∂H/∂θ, so this is the VJP of
@@ -149,7 +146,7 @@ def hep(net, *, n_points: int = 2, beta: float = 0.05, t_nudge: int = 20,
         t_free: int | None = None, n1_reference: str = "start", fold_conjugates: bool = True,
         zero_nonfinite: bool = False, residual_threshold: float = RESIDUAL_THRESHOLD,
         name: str = "hep") -> LearningRule:
-  """Generalized holomorphic EP (spec §2.4, §2.6).
+  """Generalized holomorphic EP (Laborieux & Zenke, ICLR 2024).
 
   Args:
     net: a :class:`jaxbio.recurrent.HEPNetwork`.
@@ -157,8 +154,8 @@ def hep(net, *, n_points: int = 2, beta: float = 0.05, t_nudge: int = 20,
       [f(β) − σ(u1)]/β; 2: [f(β) − f(−β)]/(2β); ≥ 3: Cauchy sum on the circle
       |β|, conjugate phases folded (bias O(|β|^N)).
     beta: β (ignored for N = 0). For N ≥ 3 keep |Im u| < π/4 (MLP poles).
-      The nudge is +β·c, which pushes the output up the loss (spec §2.3). A
-      negative β is the other teaching sign (toward lower loss, as many EP
+      The nudge is +β·c (the authors' sign), which pushes the output up the
+      loss. A negative β is the other teaching sign (toward lower loss, as many EP
       papers nudge): the estimators divide by the signed β, so v is still
       dσ(u*)/dβ and the update is still +∇L, with no sign to flip. Only N = 1
       (one-sided) and odd N sample different points for ±β.
@@ -199,8 +196,8 @@ def ep(net, *, beta: float = 0.05, symmetric: bool = False, t_nudge: int = 20,
 
   One-sided: v = [f(β) − σ(u1)]/β (bias O(β)); ``symmetric=True``:
   v = [f(β) − f(−β)]/(2β) (bias O(β²)). The update is the vector-field form
-  (∂F/∂θ)ᵀv of spec §2.6, which for symmetric weights equals the energy-based
-  contrastive EP update to first order in β.
+  (∂F/∂θ)ᵀv of generalized EP, which for symmetric weights equals the
+  energy-based contrastive EP update to first order in β.
   """
   return hep(net, n_points=2 if symmetric else 1, beta=beta, t_nudge=t_nudge, t_free=t_free,
              zero_nonfinite=zero_nonfinite, residual_threshold=residual_threshold, name="ep")
@@ -209,11 +206,11 @@ def ep(net, *, beta: float = 0.05, symmetric: bool = False, t_nudge: int = 20,
 def hep_online(net, *, n_points: int = 4, beta: float = 0.5, t_free: int = 1200,
                t_nudge: int = 60, skip_rounds: int = 0, zero_nonfinite: bool = False,
                residual_threshold: float = RESIDUAL_THRESHOLD) -> LearningRule:
-  """Online hEP, "online_hvf" (spec §2.4): no separate free phase.
+  """Online hEP ("online_hvf" in the authors' code): no separate free phase.
 
   From u = 0, q = ⌊T1/T2⌋ complex rounds of T2 steps, round r at
   β_r = βe^{2πir/N}; ū = Re Σ u_r/q stands in for u1 and v̂ = Re Σ σ(u_r)/β_r/q
-  for v; the update is spec §2.6 at (ū, v̂) plus the readout gradient at ū.
+  for v; the update is (1/B) Σ (∂F/∂θ|_ū)ᵀ v̂ plus the readout gradient at ū.
   Reference settings: N = 4, β = 0.5, T1 = 1200, T2 = 60, ``skip_rounds=0``
   (round-0 transient included; ``skip_rounds=N`` drops the first period).
   The metrics and ``aux["fixed_point"]`` refer to ū.
@@ -245,7 +242,7 @@ def hep_online(net, *, n_points: int = 4, beta: float = 0.5, t_free: int = 1200,
 def rbp(net, *, t_nudge: int = 20, neumann: bool = False, t_free: int | None = None,
         zero_nonfinite: bool = False,
         residual_threshold: float = RESIDUAL_THRESHOLD) -> LearningRule:
-  """Recurrent backprop at the free fixed point ("rec_bp"/"neu_rbp", spec §2.7).
+  """Recurrent backprop at the free fixed point ("rec_bp"/"neu_rbp" in the authors' code).
 
   δ ← (WD)ᵀδ + D P_out c for T2 steps from 0 (``neumann``: one more term), then
   g = (1/B) Σ (∂F/∂θ)ᵀδ + readout gradient. Converges to the implicit-function
@@ -271,7 +268,7 @@ def rbp(net, *, t_nudge: int = 20, neumann: bool = False, t_free: int | None = N
 
 def bptt(net, *, t_nudge: int = 20, t_free: int | None = None, zero_nonfinite: bool = False,
          residual_threshold: float = RESIDUAL_THRESHOLD) -> LearningRule:
-  """Truncated BPTT ("bp", spec §2.7): u1 held constant, T2 more steps at β = 0.
+  """Truncated BPTT ("bp" in the authors' code): u1 held constant, T2 more steps at β = 0.
 
   g = ∇_θ (1/B) Σ ℓ(σ(u_{T2}(θ))) by exact reverse mode, readout included
   (the readout gradient is taken at u_{T2}). Metrics are those of u1.

@@ -1,9 +1,10 @@
-"""Jacobian homeostasis (hEP spec §2.8).
+"""Jacobian homeostasis (Laborieux & Zenke, ICLR 2024).
 
 The homeostasis Jacobian J_h = ∂[H(a, x) − a]/∂a at a = σ(u1), β = 0
 (activation bypassed) has the same antisymmetric part as the network Jacobian
 J = W − D⁻¹, i.e. exactly the part that makes hEP's neuronal error
-v = J⁻¹Jᵀδ differ from the true adjoint δ (spec §2.5). The auxiliary loss is
+v = −J⁻¹c = J⁻¹Jᵀδ differ from the true adjoint δ = −J⁻ᵀc (c = ∂ℓ/∂a_out, at a
+contractive fixed point). The auxiliary loss is
 
     L_homeo = ½‖J_h − J_hᵀ‖²_F / n,          n = total number of state units,
 
@@ -13,7 +14,7 @@ estimated without forming J_h (Hutchinson): per example and probe
     ℓ_h = (‖w₁‖² − ⟨ε, w₂⟩)/n,     E ℓ_h = (‖J_h‖²_F − tr J_h²)/n = ½‖J_h − J_hᵀ‖²_F/n.
 
 The gradient flows through the two JVPs with u1 held constant. The division by
-n follows the reference code (the paper's formula reportedly lacks it [U]).
+n follows the authors' code (the paper's formula reportedly lacks it; unverified).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def exact_homeostasis_loss(net, params: dict, x: jax.Array, fixed_point: dict,
 
 
 def closed_form_homeostasis_loss(net, params: dict) -> jax.Array:
-  """MLP closed form (spec §2.8): Σ_{pairs {p,q}} ‖W_qp − W_pqᵀ‖²_F / n.
+  """½‖J_h − J_hᵀ‖²_F/n in closed form for MLPs: Σ_{pairs {p,q}} ‖W_qp − W_pqᵀ‖²_F / n.
 
   A one-way recurrent connection contributes ‖W_qp‖²_F; input weights never
   enter. Exact for the (linear-recurrent) MLPs, whose J_h = W − I is state

@@ -1,4 +1,4 @@
-"""Diagnostics for convergent recurrent networks (hEP spec §2.7, §2.8, §3.1, §5.7, §5.9).
+"""Diagnostics for convergent recurrent networks: residual, jac_sym, weight angle, error alignment.
 
 These are meant to be called every few hundred steps by the trainer (jitted or
 not), never inside the train step: the exact Jacobian metric alone costs as
@@ -17,17 +17,18 @@ SYMMETRY_METHODS = ("exact", "hutchinson")
 
 
 def fixed_point_residual(net, params: dict, x: jax.Array, u: dict) -> jax.Array:
-  """‖F(u)‖₂ = ‖H(σ(u), x) − u‖₂ per example at β = 0; shape ``(B,)`` (spec §5.9)."""
+  """‖F(u)‖₂ = ‖H(σ(u), x) − u‖₂ per example at β = 0; shape ``(B,)``."""
   x = x.astype(dynamics.real_dtype(params))
   return dynamics.residual_norm(net, params, net.field.drive(params, x), u)
 
 
 def jacobian_symmetry(net, params: dict, x: jax.Array, u: dict, *, method: str = "exact",
                       key: jax.Array | None = None, num_probes: int = 16) -> jax.Array:
-  """jac_sym = ‖S‖_F/(‖S‖_F + ‖A‖_F) of J_h at σ(u), mean over the batch (spec §2.8).
+  """jac_sym = ‖S‖_F/(‖S‖_F + ‖A‖_F) of J_h at σ(u), mean over the batch.
 
   S and A are the symmetric and antisymmetric parts of the homeostasis
-  Jacobian J_h. 1 means a symmetric Jacobian, 0.5 equal parts.
+  Jacobian J_h. 1 means a symmetric Jacobian, 0.5 equal parts. The authors'
+  code logs the same ``jac_sym``, from the full Jacobian at every step.
 
   Args:
     net, params: the network and its parameters.
@@ -60,7 +61,7 @@ def jacobian_symmetry(net, params: dict, x: jax.Array, u: dict, *, method: str =
 
 
 def weight_angle(net, params: dict) -> jax.Array:
-  """Forward/feedback angle in degrees, pooled over reciprocal pairs (spec §3.1).
+  """Forward/feedback angle in degrees, pooled over reciprocal pairs (the authors' metric).
 
   θ = arccos[Σ_pairs ⟨K_fwd, K_bwdᵀ⟩ / √(Σ‖K_fwd‖² Σ‖K_bwd‖²)] (convs: no
   transpose). Computed as 2·atan2(‖f̂ − b̂‖, ‖f̂ + b̂‖) on the unit-normalised
@@ -90,12 +91,13 @@ def _cosine(a, b):
 def error_alignment(net, params: dict, x: jax.Array, labels: jax.Array, *, n_points: int = 0,
                     beta: float = 0.05, t_nudge: int = 20, t_rbp: int | None = None,
                     t_free: int | None = None, u: dict | None = None) -> dict[str, jax.Array]:
-  """Per-layer cosine between the hEP neuronal error v and the RBP adjoint δ (spec §2.7).
+  """Per-layer cosine between the hEP neuronal error v and the RBP adjoint δ.
 
   Both are computed at the free state u1 (or ``u``): v by the N-point
   estimator with T2 = ``t_nudge``, δ by ``t_rbp`` (default ``t_nudge``) RBP
   iterations. Returns ``{layer: mean over examples of cos(v_layer, δ_layer)}``
-  and ``"all"`` for the whole state. For a contractive net v → −J⁻¹c and
+  and ``"all"`` for the whole state. The authors' code logs this once per
+  epoch, on the last training batch. For a contractive net v → −J⁻¹c and
   δ → −J⁻ᵀc, so the cosine is 1 iff the Jacobian is symmetric.
   """
   x = x.astype(dynamics.real_dtype(params))

@@ -1,4 +1,4 @@
-"""Convergent recurrent networks with the trainer's ``init``/``apply`` interface (hEP spec §3).
+"""Convergent recurrent networks with the trainer's ``init``/``apply`` interface.
 
 Example::
 
@@ -28,7 +28,8 @@ class HEPNetwork(NamedTuple):
     field: the :class:`jaxbio.recurrent.vector_fields.VectorField`.
     t_free: T1, free-phase iterations from u = 0.
     free_dtype: ``float32`` (parameters' precision), ``float16`` or ``bfloat16``.
-    angle_deg: initial rotation α of the feedback weights (spec §3.1), or
+    angle_deg: initial rotation α of the feedback weights (the authors'
+      ``--rotate``: K_bwd ← sin α·K_bwd + cos α·K_fwdᵀ), or
       ``None`` for untouched random feedback.
   """
   field: vf.VectorField
@@ -84,7 +85,8 @@ def make_network(arch: str, input_shape: Sequence[int], num_classes: int, *,
       softmax pooling).
     input_shape: per-example input shape; MLPs flatten it internally.
     num_classes: readout classes K (the MLP out layer also has K units).
-    angle_deg: initial feedback rotation α in degrees (spec §3.1), or ``None``.
+    angle_deg: initial feedback rotation α in degrees (the authors' ``--rotate``),
+      or ``None``.
     t_free: free-phase steps T1 (default 150 for MLPs, 250 for the CNN).
     free_dtype: dtype of the free phase (``float32``, ``float16``, ``bfloat16``).
     hidden: MLP hidden widths.

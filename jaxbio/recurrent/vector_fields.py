@@ -1,6 +1,6 @@
-"""Vector fields of convergent recurrent networks (hEP spec §2.2, §3.1, §3.2).
+"""Vector fields of convergent recurrent networks.
 
-A convergent recurrent network is the discrete-time map (spec §2.2)
+A convergent recurrent network is the discrete-time map (no leak, no dt)
 
     u_{t+1} = H(σ(u_t), x; θ) + β P_out c(σ(u_t,out)),      F(u) = H(σ(u), x) + βP_out c − u,
 
@@ -16,8 +16,8 @@ Layouts (batch first; extra leading axes, e.g. vmapped nudge phases, are fine):
   ``l1, ..., lL, out``; the CNN layers ``conv1, conv2, conv3, out``.
 * parameters: a dict ``{"src-dst": {"kernel", ["bias"]}, "readout": {...}}``.
   A dense kernel of connection ``p-q`` has shape ``(n_p, n_q)`` and computes
-  ``a_p @ K``, i.e. ``K = W_qpᵀ`` in the spec's column notation. Only forward
-  (bottom-up) connections have a bias. Conv kernels are HWIO; a feedback conv
+  ``a_p @ K``, i.e. ``K = W_qpᵀ`` in column notation, where
+  H_q = Σ_p W_qp a_p + b_q. Only forward (bottom-up) connections have a bias. Conv kernels are HWIO; a feedback conv
   ``q-p`` has the *same* layout as its forward partner ``p-q``.
 * The input is the constant "in" layer: its contribution to ``H`` (the
   *drive*) is computed once per batch, outside the time loop.
@@ -38,7 +38,7 @@ State = dict
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 # ---------------------------------------------------------------------------
-# Activations (spec §2.2). Both are holomorphic.
+# Activations of the authors' code. Both are holomorphic.
 
 
 def hard_sigmoid(z: jax.Array) -> jax.Array:
@@ -105,7 +105,7 @@ class VectorField(NamedTuple):
 
   @property
   def num_neurons(self) -> int:
-    """Total number of state units n (spec §2.1): 522 (MLP), 57,856 (CNN)."""
+    """Total number of state units n: 522 (MLP), 57,856 (CNN)."""
     return sum(math.prod(shape) for _, shape in self.layers)
 
   @property
@@ -135,7 +135,7 @@ def _matmul(kernel, x):
 
 
 def _lecun_normal(key, shape, dtype=jnp.float32):
-  # Flax's default: truncated normal with variance exactly 1/fan_in (spec §3.1).
+  # Flax's default, as in the authors' code: truncated normal, variance exactly 1/fan_in.
   return jax.nn.initializers.lecun_normal()(key, shape, dtype)
 
 
@@ -149,7 +149,7 @@ def _add(h: State, name: str, value: jax.Array) -> None:
 
 
 # ---------------------------------------------------------------------------
-# MLPs (spec §3.1).
+# MLPs (the Fashion-MNIST nets of the authors' code).
 
 
 def _dense_field(arch: str, input_shape: Sequence[int], hidden: Sequence[int],
@@ -201,7 +201,7 @@ def _dense_field(arch: str, input_shape: Sequence[int], hidden: Sequence[int],
 
 def reciprocal_mlp(input_shape: Sequence[int] = (784,), hidden: Sequence[int] = (256, 256),
                    num_classes: int = 10) -> VectorField:
-  """The reciprocal MLP "mlp_2-256" (spec §3.1): 337,528 parameters by default.
+  """The reciprocal MLP ("mlp_2-256" in the authors' code): 337,528 parameters by default.
 
   Connections in→l1 (bias), l_i→l_{i+1} (bias) and l_{i+1}→l_i, l_L→out
   (bias) and out→l_L; the out layer has ``num_classes`` units and feeds a
@@ -216,7 +216,7 @@ def reciprocal_mlp(input_shape: Sequence[int] = (784,), hidden: Sequence[int] = 
 
 def loop_mlp(input_shape: Sequence[int] = (784,), hidden: Sequence[int] = (256, 256),
              num_classes: int = 10) -> VectorField:
-  """The loop MLP "loop_mnist" (spec §3.1): 271,992 parameters by default.
+  """The loop MLP ("loop_mnist" in the authors' code): 271,992 parameters by default.
 
   in→l1 (bias), l_i→l_{i+1} (bias), l_L→out (bias) and out→l1: no reciprocal
   pair, so the Jacobian can never be symmetric.
@@ -229,7 +229,7 @@ def loop_mlp(input_shape: Sequence[int] = (784,), hidden: Sequence[int] = (256, 
 
 
 # ---------------------------------------------------------------------------
-# The 4-layer ConvNet (spec §3.2).
+# The 4-layer ConvNet (CIFAR-10/100, ImageNet 32×32).
 
 
 def softmax_pool(v: jax.Array) -> jax.Array:
@@ -254,7 +254,7 @@ def _conv(kernel, x, padding):
 def convnet(input_shape: Sequence[int] = (32, 32, 3),
             channels: Sequence[int] = (128, 256, 512, 512),
             num_classes: int = 10) -> VectorField:
-  """The 4-layer ConvNet of Laborieux & Zenke (spec §3.2).
+  """The 4-layer ConvNet of Laborieux & Zenke (ICLR 2024).
 
   States conv1 16×16×128, conv2 8×8×256, conv3 4×4×512, out 1×1×512 (for a
   32×32 input). Bottom-up: H_l ⊇ Pool(Conv_fwd(a_{l−1}) + b) (3×3 SAME; the
@@ -335,7 +335,7 @@ def convnet(input_shape: Sequence[int] = (32, 32, 3),
 
 
 # ---------------------------------------------------------------------------
-# Initial rotation of the feedback weights (spec §3.1 ``--rotate α``).
+# Initial rotation of the feedback weights (the authors' ``--rotate α``).
 
 
 def rotate_feedback(field: VectorField, params: Params, angle_deg: float) -> Params:

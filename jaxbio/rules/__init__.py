@@ -1,7 +1,7 @@
 """Learning rules: factories returning :class:`LearningRule` bundles of pure functions."""
 
-from jaxbio.rules.base import (LearningRule, RuleOutput, accuracy, classification_metrics,
-                               cross_entropy, with_penalty)
+from jaxbio.rules.base import (LearningRule, RuleOutput, accuracy, check_batch,
+                               classification_metrics, cross_entropy, with_penalty)
 from jaxbio.rules.feedback import (backprop, direct_feedback_alignment, feedback_alignment,
                                    kolen_pollack, sign_symmetry)
 
@@ -15,7 +15,7 @@ FEEDFORWARD_RULES = {
 }
 
 __all__ = [
-    "LearningRule", "RuleOutput", "accuracy", "classification_metrics", "cross_entropy",
+    "LearningRule", "RuleOutput", "accuracy", "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
     "kolen_pollack", "sign_symmetry", "FEEDFORWARD_RULES",
 ]

@@ -45,13 +45,55 @@ Example (paste into your own JAX code)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Batch = dict[str, jax.Array]  # {"image": (B, ...) float, "label": (B,) int}
+
+
+def check_batch(net, batch) -> None:
+  """One-line ValueErrors for a batch that ``net``'s rules cannot train on.
+
+  Checks, at trace time (so at no cost per step inside ``jit``): that
+  ``batch`` is a dict with keys ``"image"`` and ``"label"``, that the images
+  are ``(B, *net.input_shape)`` and the labels ``(B,)`` integers. When the
+  labels are concrete (on the host, or an eager call outside ``jit``) it also
+  checks that they lie in ``[0, num_classes)``: out-of-range labels would
+  otherwise give a silent NaN loss. Every rule's ``update`` calls this; call
+  it yourself where your batches enter, outside ``jit``, to check the values
+  of a batch from your own pipeline.
+
+  Args:
+    net: the network (anything with ``input_shape`` and ``num_classes`` or
+      ``num_outputs``).
+    batch: ``{"image": (B, ...) float, "label": (B,) int}``.
+  """
+  num_classes = getattr(net, "num_classes", None) or net.num_outputs
+  if not isinstance(batch, Mapping) or "image" not in batch or "label" not in batch:
+    got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+    raise ValueError(f"batch must be a dict with keys 'image' and 'label', got {got}")
+  shape = tuple(np.shape(batch["image"]))
+  if len(shape) < 1 or shape[1:] != tuple(net.input_shape):
+    raise ValueError(f"batch['image'] has shape {shape}, but the network expects (batch, "
+                     f"{', '.join(map(str, net.input_shape))})")
+  labels = batch["label"]
+  if tuple(np.shape(labels)) != shape[:1]:
+    raise ValueError(f"batch['label'] has shape {tuple(np.shape(labels))}; expected "
+                     f"({shape[0]},): one integer class per image")
+  dtype = np.dtype(getattr(labels, "dtype", None) or np.asarray(labels).dtype)
+  if not np.issubdtype(dtype, np.integer):
+    raise ValueError(f"batch['label'] has dtype {dtype}; expected integer class indices in "
+                     f"[0, {num_classes})")
+  if not isinstance(labels, jax.core.Tracer):
+    values = np.asarray(labels)
+    bad = values[(values < 0) | (values >= num_classes)]
+    if bad.size:
+      raise ValueError(f"batch['label'] has {bad.size} label(s) outside [0, {num_classes}), "
+                       f"e.g. {int(bad[0])}; labels must be class indices 0..{num_classes - 1}")
 
 
 class RuleOutput(NamedTuple):

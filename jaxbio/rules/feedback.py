@@ -31,12 +31,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxbio.nets.sequential import Network, block_apply, check_input
-from jaxbio.rules.base import LearningRule, RuleOutput, classification_metrics, cross_entropy
+from jaxbio.nets.sequential import Network, block_apply
+from jaxbio.rules.base import (LearningRule, RuleOutput, check_batch, classification_metrics,
+                               cross_entropy)
 
 
 def _loss_and_grads(net: Network, params, net_state, batch, feedback=None):
-  check_input(net, batch["image"])
+  check_batch(net, batch)
 
   def loss_fn(p):
     logits, new_state = net.apply(p, net_state, batch["image"], train=True, feedback=feedback)
@@ -188,8 +189,8 @@ def direct_feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> L
 
   def update(params, net_state, rule_state, batch, key):
     del key
+    check_batch(net, batch)
     x, labels = batch["image"], batch["label"]
-    check_input(net, x)
 
     def blocks_local(p):
       # Each block sees its input as a constant: gradients stay block-local.

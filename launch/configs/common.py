@@ -16,8 +16,12 @@ def base_config() -> ml_collections.ConfigDict:
   # (fastest; for datasets that fit). "host": the split in host memory; each
   # process sends only its own slice of every batch to its devices.
   c.data_placement = "device"
-  c.alignment_every = 500       # steps between alignment metrics (0: never).
-  c.log_every_secs = 10.0
+  c.alignment_every = 500       # steps between alignment metrics, and at every epoch end (0: never).
+  c.log_every = 100             # steps between training-loss/steps-per-s TensorBoard points (0: never).
+  c.log_every_secs = 10.0       # seconds between progress lines on the console.
+  # Stop when a step's training loss exceeds this many times the run's first-step
+  # loss (a run that exploded without a NaN); 0 turns the check off.
+  c.divergence_factor = 100.0
   c.dataset = ml_collections.ConfigDict(dict(
       name="mnist", data_dir="", train_split="train", test_split="test",
       normalize="scale", augment="none", crop_padding=4, std_multiplier=1.0))

@@ -3,7 +3,7 @@
 Usage: ``--config=launch/configs/hep_conv.py:<dataset>,<experiment>[,runlocal]``
 
 * dataset: ``cifar10``, ``cifar100`` or ``imagenet32``;
-* experiment (spec hep.md §3.4):
+* experiment (the authors' run.sh commands):
   - ``table2_n0``: hEP N = 0 + homeostasis 15, lr 7e-3, 150 epochs;
   - ``table2_n2``: hEP N = 2, |beta| = 1 + homeostasis 15, lr 7e-3, 150 epochs;
   - ``table2_bp``, ``table2_bp_nohomeo``: truncated BPTT with / without

@@ -1,4 +1,6 @@
-"""Laborieux & Zenke (2024), Fashion-MNIST MLP experiments (spec: hep.md §3.4).
+"""Laborieux & Zenke (2024), Fashion-MNIST MLP experiments.
+
+Settings from the authors' run.sh (github.com/Laborieux-Axel/generalized-holo-ep).
 
 Usage: ``--config=launch/configs/hep_fmnist.py:<experiment>[,runlocal]`` with
 
