@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags, logging
 
-from jaxbio import plot, train
+from jaxbio import log, plot, train
 
 # (label, config module, config argument, paper figure or None).
 SUITES = {
@@ -60,6 +60,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/bench_accuracy", "Where runs go 
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    log.quiet_libraries()
   rows, dirs = [], []
   for label, module, arg, paper in SUITES[_SUITE.value]:
     config = importlib.import_module(f"launch.configs.{module}").get_config(arg)

@@ -9,12 +9,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from jaxbio import nets, rules
-
-FEEDFORWARD_ARCHS = ("mlp", "convnet", "lcnet")
-RECURRENT_ARCHS = ("hep_mlp", "hep_loop_mlp", "hep_cnn")
-ARCHS = FEEDFORWARD_ARCHS + RECURRENT_ARCHS
-RECURRENT_RULES = ("ep", "hep", "hep_online", "rbp", "bptt")
+from jaxbio import nets, registry, rules
+from jaxbio.registry import ARCHS, FEEDFORWARD_ARCHS, RECURRENT_ARCHS, RECURRENT_RULES  # noqa: F401
 
 
 def _kwargs(cfg, exclude=()) -> dict[str, Any]:
@@ -73,20 +69,11 @@ def build_rule(rule_cfg, net) -> rules.LearningRule:
   name = rule_cfg.name
   kwargs = _kwargs(rule_cfg, exclude=("name",))
   recurrent_net = not isinstance(net, nets.Network)
-  if name in rules.FEEDFORWARD_RULES:
-    if recurrent_net:
-      raise ValueError(f"rule {name!r} trains feedforward networks ({', '.join(FEEDFORWARD_ARCHS)});"
-                       f" for a recurrent network use one of: {', '.join(RECURRENT_RULES)}")
+  registry.check_rule(name, recurrent_net)
+  if not recurrent_net:
     return _call_checked(f"rule {name!r}", rules.FEEDFORWARD_RULES[name], net, **kwargs)
-  if name in RECURRENT_RULES:
-    if not recurrent_net:
-      raise ValueError(f"rule {name!r} needs a convergent recurrent network "
-                       f"({', '.join(RECURRENT_ARCHS)}); for a feedforward network use one of: "
-                       f"{', '.join(rules.FEEDFORWARD_RULES)}")
-    from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-    return recurrent.make_rule(name, net, **kwargs)
-  valid = list(rules.FEEDFORWARD_RULES) + list(RECURRENT_RULES)
-  raise ValueError(f"unknown rule.name {name!r}; valid choices: {', '.join(valid)}")
+  from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
+  return recurrent.make_rule(name, net, **kwargs)
 
 
 def build_reference_rule(net) -> rules.LearningRule:

@@ -32,12 +32,12 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxbio
-from jaxbio import build, checkpoint, data, optim, workdir as workdirs
+from jaxbio import build, checkpoint, data, optim, registry, workdir as workdirs
 from jaxbio.log import logger as logging
 from jaxbio.metrics.alignment import alignment_metrics
 from jaxbio.rules.base import with_penalty
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = registry.CONFIG_VERSION
 # Codes of the quantity that first went wrong.
 _NONFINITE = {1: "loss", 2: "update", 3: "parameter, optimizer, rule or network state",
               4: "loss (exploded)"}
@@ -108,37 +108,7 @@ def _all_finite(tree, square: bool = False) -> jax.Array:
   return jnp.isfinite(sum(sums)) if sums else jnp.array(True)
 
 
-def validate(config) -> None:
-  """Checks the config fields the trainer itself uses; raises one-line errors."""
-  version = config.get("version", CONFIG_VERSION)
-  if version != CONFIG_VERSION:
-    raise ValueError(f"config version {version} is not supported; this jaxbio reads config "
-                     f"version {CONFIG_VERSION}")
-  for field in ("batch_size", "num_epochs", "steps_per_call", "eval_batch_size"):
-    value = config.get(field)
-    if not (isinstance(value, int) and value > 0):
-      raise ValueError(f"config.{field} must be a positive integer, got {value!r}")
-  for field in ("alignment_every", "log_every"):
-    value = config.get(field, 0)
-    if not (isinstance(value, int) and value >= 0):
-      raise ValueError(f"config.{field} must be an integer >= 0 (0 disables), got {value!r}")
-  factor = config.get("divergence_factor", 0.0)
-  if not (isinstance(factor, (int, float)) and (factor == 0 or factor > 1)):
-    raise ValueError(f"config.divergence_factor must be 0 (off) or a number > 1, got {factor!r}")
-  if config.dataset.name not in data.DATASETS:
-    raise ValueError(f"unknown dataset.name {config.dataset.name!r}; valid choices: "
-                     f"{', '.join(data.DATASETS)}")
-  ckpt = config.get("checkpoint")
-  if ckpt is not None and (ckpt.every_steps < 0 or ckpt.keep < 1):
-    raise ValueError(f"config.checkpoint needs every_steps >= 0 and keep >= 1, got "
-                     f"every_steps={ckpt.every_steps}, keep={ckpt.keep}")
-  _check_placement(config.get("data_placement", "device"))
-  if config.dataset.normalize not in data.NORMALIZE_MODES:
-    raise ValueError(f"unknown dataset.normalize {config.dataset.normalize!r}; valid choices: "
-                     f"{', '.join(data.NORMALIZE_MODES)}")
-  if config.dataset.augment not in ("none", "crop_flip", "flip"):
-    raise ValueError(f"unknown dataset.augment {config.dataset.augment!r}; valid choices: "
-                     "none, crop_flip, flip")
+validate = registry.validate
 
 
 def build_experiment(config, num_train: int) -> Experiment:
@@ -194,13 +164,7 @@ def make_preprocess(config, spec):
   return preprocess
 
 
-PLACEMENTS = ("device", "host")
-
-
-def _check_placement(placement: str) -> None:
-  if placement not in PLACEMENTS:
-    raise ValueError(f"unknown data_placement {placement!r}; valid choices: "
-                     f"{', '.join(PLACEMENTS)}")
+_check_placement = registry.check_placement
 
 
 def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):

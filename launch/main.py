@@ -38,8 +38,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # pylint: disable=g-import-not-at-top
+  from jaxbio import log, registry  # (no JAX: config errors come before it is imported)
+  try:
+    registry.validate(_CONFIG.value)
+  except ValueError as e:
+    _exit(f"jaxbio: error: {e}", 1)
   if not flags.FLAGS["verbosity"].present:
-    from jaxbio import log  # pylint: disable=g-import-not-at-top
     log.quiet_libraries()
   try:
     # Imported here so that --help and flag errors do not pay for importing JAX.

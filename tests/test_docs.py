@@ -81,7 +81,7 @@ def test_readme_python_examples_run():
 def test_launcher_help_and_docstring_name_config_files_that_exist():
   from launch import main as launcher  # pylint: disable=g-import-not-at-top
   proc = subprocess.run([sys.executable, "-m", "launch.main", "--helpshort"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=1200)
   text = launcher.__doc__ + proc.stdout + proc.stderr
   named = set(re.findall(r"launch/configs/\w+\.py", text))
   for short in re.findall(r"\b(\w+\.py)\b", text):

@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = data.shared_data_dir()
 
 
-def _launch(tmp_path, *flags, timeout=300):
+def _launch(tmp_path, *flags, timeout=1200):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "launch.main", f"--workdir={tmp_path}", *flags]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
@@ -260,3 +260,26 @@ def test_nonfinite_state_is_caught_at_the_end_of_the_chunk():
                                         jax.numpy.int32(5), np.nan)
   assert train._NONFINITE[int(bad)].startswith("parameter, optimizer, rule")
   assert int(bad_step) == int(state.step) == 5
+
+
+def test_config_errors_come_before_jax_is_imported(tmp_path):
+  code = ("import sys; from launch import main\n"
+          "try:\n  main.run()\nexcept SystemExit as e:\n  code = e.code\n"
+          "print('jax imported:', 'jax' in sys.modules, 'exit:', code)")
+  for flag, message in (("--config.rule.name=bogus", "unknown rule.name 'bogus'"),
+                        ("--config.steps_per_call=0", "config.steps_per_call must be a positive"),
+                        ("--config.model.arch=hep_mlp", "rule 'fa' trains feedforward networks")):
+    argv = ["launch.main", "--config=launch/configs/bartunov.py:mnist,fc,fa",
+            f"--workdir={tmp_path / 'w'}", flag]
+    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.argv = {argv!r}\n" + code],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.stdout.strip() == "jax imported: False exit: 1", proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("jaxbio: error: " + message)
+  assert not (tmp_path / "w").exists()
+
+
+def test_registry_names_match_the_factories():
+  from jaxbio import recurrent, registry, rules  # pylint: disable=g-import-not-at-top
+  assert registry.FEEDFORWARD_RULES == tuple(rules.FEEDFORWARD_RULES)
+  assert set(registry.RECURRENT_RULES) == set(recurrent.RULES)
+  assert set(registry.RECURRENT_ARCHS) == set(recurrent.ARCHS)

@@ -38,7 +38,7 @@ def test_one_and_eight_devices_agree():
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_check.py"),
                          json.dumps(CASES)], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
+                        timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   results = json.loads(line[len("RESULT "):])
@@ -75,10 +75,10 @@ def test_two_processes_train_like_one(tmp_path, placement):
                                 f"--config.data_placement={placement}"),
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
-  errs = [p.communicate(timeout=300)[1] for p in procs]
+  errs = [p.communicate(timeout=1200)[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), errs[0][-2000:] + errs[1][-2000:]
   one = subprocess.run(cmd(tmp_path / "one"), cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=1200)
   assert one.returncode == 0, one.stderr[-2000:]
   config = bartunov.get_config("mnist,fc,fa")
   config.batch_size, config.model.widths = 32, (16, 16)

@@ -68,7 +68,7 @@ def _env():
 
 def _cli(*args):
   return subprocess.run([sys.executable, "-m", "jaxbio.plot", *args], cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=600)
 
 
 def test_read_metrics_skips_torn_line_and_keeps_nulls(tmp_path):
@@ -173,7 +173,7 @@ def test_plot_runs_leaves_pyplot_and_the_backend_alone(tmp_path):
           "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
           "assert 'matplotlib.backends.backend_agg' in sys.modules")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True,
-                        text=True, timeout=120)
+                        text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 

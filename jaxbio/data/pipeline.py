@@ -47,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-NORMALIZE_MODES = ('scale', 'standardize')
+from jaxbio.registry import DATASETS, NORMALIZE_MODES, DatasetSpec  # noqa: F401  (re-exported)
+
 _DEFAULT_CHUNK_SIZE = 4096
 
 CACHE_DIR_ENV = 'JAXBIO_CACHE_DIR'
@@ -57,51 +58,6 @@ _CACHE_FORMAT = 1
 _CACHE_ARRAYS = ('images', 'labels', 'key')
 # Cache directories already warned about as unusable; warn once per directory.
 _UNUSABLE_CACHE_DIRS: set[str] = set()
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """Static facts about one image-classification dataset.
-
-  Attributes:
-    name: TFDS name, e.g. ``'cifar10'`` or ``'imagenet_resized/32x32'``.
-    num_classes: Number of label classes.
-    image_shape: ``(H, W, C)`` of one decoded image.
-    mean: Per-channel pixel mean, in ``[0, 1]`` pixel units.
-    std: Per-channel pixel standard deviation, in ``[0, 1]`` pixel units.
-    train_split: Name of the training split.
-    test_split: Name of the held-out split used for evaluation.
-  """
-
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  train_split: str = 'train'
-  test_split: str = 'test'
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec('mnist', 10, (28, 28, 1), (0.1307,), (0.3081,)),
-        DatasetSpec('fashion_mnist', 10, (28, 28, 1), (0.2860,), (0.3530,)),
-        DatasetSpec(
-            'cifar10', 10, (32, 32, 3),
-            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-        DatasetSpec(
-            'cifar100', 100, (32, 32, 3),
-            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-        DatasetSpec(
-            'svhn_cropped', 10, (32, 32, 3),
-            (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-        DatasetSpec(
-            'imagenet_resized/32x32', 1000, (32, 32, 3),
-            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-            test_split='validation'),
-    )
-}
 
 
 class DatasetNotFoundError(ValueError):

@@ -1,0 +1,135 @@
+"""Names jaxbio knows, without importing JAX: datasets, networks, rules, and config checks.
+
+Everything here is plain Python, so the launcher can check a config (names,
+field types and ranges) before JAX, TFDS or any data are loaded; the modules
+that build things (:mod:`jaxbio.build`, :mod:`jaxbio.data`) take their names
+from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+NORMALIZE_MODES = ("scale", "standardize")
+AUGMENTATIONS = ("none", "crop_flip", "flip")
+PLACEMENTS = ("device", "host")
+CONFIG_VERSION = 1
+
+# Network families: "feedforward" networks are stacks of blocks
+# (jaxbio.nets.sequential); "recurrent" ones are convergent recurrent networks
+# (jaxbio.recurrent).
+FEEDFORWARD_ARCHS = ("mlp", "convnet", "lcnet")
+RECURRENT_ARCHS = ("hep_mlp", "hep_loop_mlp", "hep_cnn")
+ARCHS = FEEDFORWARD_ARCHS + RECURRENT_ARCHS
+FEEDFORWARD_RULES = ("bp", "fa", "dfa", "kp", "sign_symmetry")
+RECURRENT_RULES = ("ep", "hep", "hep_online", "rbp", "bptt")
+RULES = FEEDFORWARD_RULES + RECURRENT_RULES
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Static facts about one image-classification dataset.
+
+  Attributes:
+    name: TFDS name, e.g. ``"cifar10"`` or ``"imagenet_resized/32x32"``.
+    num_classes: Number of label classes.
+    image_shape: ``(H, W, C)`` of one decoded image.
+    mean: Per-channel pixel mean, in ``[0, 1]`` pixel units.
+    std: Per-channel pixel standard deviation, in ``[0, 1]`` pixel units.
+    train_split: Name of the training split.
+    test_split: Name of the held-out split used for evaluation.
+  """
+
+  name: str
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  train_split: str = "train"
+  test_split: str = "test"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec("mnist", 10, (28, 28, 1), (0.1307,), (0.3081,)),
+        DatasetSpec("fashion_mnist", 10, (28, 28, 1), (0.2860,), (0.3530,)),
+        DatasetSpec(
+            "cifar10", 10, (32, 32, 3),
+            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        DatasetSpec(
+            "cifar100", 100, (32, 32, 3),
+            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+        DatasetSpec(
+            "svhn_cropped", 10, (32, 32, 3),
+            (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+        DatasetSpec(
+            "imagenet_resized/32x32", 1000, (32, 32, 3),
+            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+            test_split="validation"),
+    )
+}
+
+
+def validate(config) -> None:
+  """Checks the fields the trainer itself uses, and the names; raises one-line ValueErrors.
+
+  Needs no JAX. Networks' and rules' own hyperparameters are checked when
+  they are built (:func:`jaxbio.train.build_experiment`).
+  """
+  version = config.get("version", CONFIG_VERSION)
+  if version != CONFIG_VERSION:
+    raise ValueError(f"config version {version} is not supported; this jaxbio reads config "
+                     f"version {CONFIG_VERSION}")
+  for field in ("batch_size", "num_epochs", "steps_per_call", "eval_batch_size"):
+    value = config.get(field)
+    if not (isinstance(value, int) and value > 0):
+      raise ValueError(f"config.{field} must be a positive integer, got {value!r}")
+  for field in ("alignment_every", "log_every"):
+    value = config.get(field, 0)
+    if not (isinstance(value, int) and value >= 0):
+      raise ValueError(f"config.{field} must be an integer >= 0 (0 disables), got {value!r}")
+  factor = config.get("divergence_factor", 0.0)
+  if not (isinstance(factor, (int, float)) and (factor == 0 or factor > 1)):
+    raise ValueError(f"config.divergence_factor must be 0 (off) or a number > 1, got {factor!r}")
+  if config.dataset.name not in DATASETS:
+    raise ValueError(f"unknown dataset.name {config.dataset.name!r}; valid choices: "
+                     f"{', '.join(DATASETS)}")
+  ckpt = config.get("checkpoint")
+  if ckpt is not None and (ckpt.every_steps < 0 or ckpt.keep < 1):
+    raise ValueError(f"config.checkpoint needs every_steps >= 0 and keep >= 1, got "
+                     f"every_steps={ckpt.every_steps}, keep={ckpt.keep}")
+  check_placement(config.get("data_placement", "device"))
+  if config.dataset.normalize not in NORMALIZE_MODES:
+    raise ValueError(f"unknown dataset.normalize {config.dataset.normalize!r}; valid choices: "
+                     f"{', '.join(NORMALIZE_MODES)}")
+  if config.dataset.augment not in AUGMENTATIONS:
+    raise ValueError(f"unknown dataset.augment {config.dataset.augment!r}; valid choices: "
+                     f"{', '.join(AUGMENTATIONS)}")
+  check_names(config.model.arch, config.rule.name)
+
+
+def check_placement(placement: str) -> None:
+  if placement not in PLACEMENTS:
+    raise ValueError(f"unknown data_placement {placement!r}; valid choices: "
+                     f"{', '.join(PLACEMENTS)}")
+
+
+def check_names(arch: str, rule: str) -> None:
+  """One-line errors for an unknown architecture or rule, or a rule on the wrong family."""
+  if arch not in ARCHS:
+    raise ValueError(f"unknown model.arch {arch!r}; valid choices: {', '.join(ARCHS)}")
+  check_rule(rule, recurrent=arch in RECURRENT_ARCHS)
+
+
+def check_rule(rule: str, recurrent: bool) -> None:
+  """One-line errors for an unknown rule, or one that does not train this network family."""
+  if rule not in RULES:
+    raise ValueError(f"unknown rule.name {rule!r}; valid choices: {', '.join(RULES)}")
+  if rule in FEEDFORWARD_RULES and recurrent:
+    raise ValueError(f"rule {rule!r} trains feedforward networks ({', '.join(FEEDFORWARD_ARCHS)});"
+                     f" for a recurrent network use one of: {', '.join(RECURRENT_RULES)}")
+  if rule in RECURRENT_RULES and not recurrent:
+    raise ValueError(f"rule {rule!r} needs a convergent recurrent network "
+                     f"({', '.join(RECURRENT_ARCHS)}); for a feedforward network use one of: "
+                     f"{', '.join(FEEDFORWARD_RULES)}")
