@@ -9,8 +9,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from jaxbio import nets, registry, rules
-from jaxbio.registry import ARCHS, FEEDFORWARD_ARCHS, RECURRENT_ARCHS, RECURRENT_RULES  # noqa: F401
+from jaxbio import nets, optim, registry, rules
+from jaxbio.registry import ARCHS, FEEDFORWARD_ARCHS, RECURRENT_ARCHS  # noqa: F401
 
 
 def _kwargs(cfg, exclude=()) -> dict[str, Any]:
@@ -64,29 +64,76 @@ def _convnet(input_shape, num_classes, *, local, convs=(), dense=(), activation=
                       output_activation=output_activation)
 
 
-def build_rule(rule_cfg, net) -> rules.LearningRule:
-  """Returns the learning rule named by ``rule_cfg.name`` for ``net``."""
+def build_rule(rule_cfg, net, total_steps: int = 1) -> rules.LearningRule:
+  """Returns the learning rule named by ``rule_cfg.name`` for ``net``.
+
+  The rule's registry entry (:mod:`jaxbio.registry`) names its factory and
+  the factory arguments that are optimisers of the rule's own state: those
+  config subtrees are built with :func:`jaxbio.optim.make_optimizer` (their
+  schedules run over ``total_steps``).
+  """
   name = rule_cfg.name
   kwargs = _kwargs(rule_cfg, exclude=("name",))
-  recurrent_net = not isinstance(net, nets.Network)
-  registry.check_rule(name, recurrent_net)
-  if not recurrent_net:
-    return _call_checked(f"rule {name!r}", rules.FEEDFORWARD_RULES[name], net, **kwargs)
-  from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-  return recurrent.make_rule(name, net, **kwargs)
+  entry = registry.check_rule(name, family_of(net).name)
+  for opt in entry.optimizers:
+    if opt in kwargs:
+      kwargs[opt] = optim.make_optimizer(getattr(rule_cfg, opt), total_steps,
+                                         where=f"rule.{opt}")
+  return _call_checked(f"rule {name!r}", registry.resolve(entry.factory), net, **kwargs)
 
 
-def build_reference_rule(net) -> rules.LearningRule:
-  """The rule whose updates alignment metrics compare against (exact gradients)."""
-  if isinstance(net, nets.Network):
-    return rules.backprop(net)
+def family_of(net) -> registry.Family:
+  """The registry family of a built network."""
+  return registry.FAMILIES["feedforward" if isinstance(net, nets.Network) else "recurrent"]
+
+
+def build_references(rule: rules.LearningRule, net, rule_cfg=None) -> tuple[rules.LearningRule, ...]:
+  """The rules alignment metrics compare ``rule`` against: its own, else its family's."""
+  if rule.references:
+    return rule.references
+  return (registry.resolve(family_of(net).reference)(net, rule_cfg),)
+
+
+def build_reference_rule(net, rule_cfg=None) -> rules.LearningRule:
+  """The family's exact-gradient rule (the default reference of alignment metrics)."""
+  return registry.resolve(family_of(net).reference)(net, rule_cfg)
+
+
+def backprop_reference(net, rule_cfg=None) -> rules.LearningRule:
+  """Backprop on softmax cross-entropy: the reference of feedforward rules."""
+  del rule_cfg
+  return rules.backprop(net)
+
+
+def rbp_reference(net, rule_cfg=None) -> rules.LearningRule:
+  """Recurrent backprop at the free fixed point: the reference of recurrent rules."""
+  del rule_cfg
   from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
   return recurrent.make_rule("rbp", net)
 
 
-def build_diagnostics(net):
-  """Network-specific periodic diagnostics ``(params, x, labels, key) -> dict``, or None."""
-  if isinstance(net, nets.Network):
-    return None
+def build_diagnostics(net, rule_cfg=None):
+  """The family's periodic diagnostics ``(params, x, labels, key) -> dict``, or None."""
+  target = family_of(net).diagnostics
+  return None if target is None else registry.resolve(target)(net, rule_cfg)
+
+
+def recurrent_diagnostics(net, rule_cfg=None):
+  del rule_cfg
   from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
   return lambda params, x, labels, key: recurrent.diagnostics(net, params, x, labels, key)
+
+
+def add_penalties(rule: rules.LearningRule, net, config) -> rules.LearningRule:
+  """Composes the penalties the config asks for (Jacobian homeostasis) with ``rule``."""
+  homeo = config.get("homeostasis")
+  if homeo is None or not homeo.weight:
+    return rule
+  family = family_of(net)
+  if "homeostasis" not in family.penalties:
+    archs = next(f.archs for f in registry.FAMILIES.values() if "homeostasis" in f.penalties)
+    raise ValueError(f"homeostasis.weight > 0 needs a convergent recurrent network "
+                     f"({', '.join(archs)}); got model.arch {config.model.arch!r}")
+  from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
+  return rules.with_penalty(rule, recurrent.homeostasis_penalty(net, homeo.num_probes),
+                            homeo.weight, name="homeostasis")

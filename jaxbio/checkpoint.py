@@ -42,14 +42,12 @@ Example (the trainer's use)::
     restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
     if restored is not None:
       state, meta, step = restored
-    with PreemptionFlag() as preemption:
-      for step in ...:
-        ...
-        ckpt.save(step, state, {"config": config.to_dict(), ...})
-        if preemption.agreed():
-          ckpt.save(step, state, meta, force=True)
-          break
+    for step in ...:
+      ...
+      ckpt.save(step, state, {"config": config.to_dict(), ...})
     ckpt.close()
+
+(SIGTERM and Ctrl-C are handled by :class:`jaxbio.preemption.PreemptionFlag`.)
 """
 
 from __future__ import annotations
@@ -60,8 +58,6 @@ import json
 import operator
 import os
 import re
-import signal
-import threading
 from typing import Any, Iterator
 
 from etils import epath
@@ -151,7 +147,6 @@ def all_processes_agree(ok: bool) -> bool:
   """True iff ``ok`` is True on every process."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
@@ -713,69 +708,3 @@ def _check_matches(step_dir, records: dict, t_paths: list[str], t_leaves: list) 
         parts.append(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}")
     raise ValueError(f"checkpoint at {step_dir} does not match the restore target ("
                      f"{'; '.join(parts)})")
-
-
-# ---------------------------------------------------------------------------
-# Preemption.
-
-
-class PreemptionFlag:
-  """Within the context, SIGTERM and SIGINT (Ctrl-C) only set a flag, acted upon between steps.
-
-  Exiting from inside a signal handler is unsafe for training: the handler
-  runs wherever the main thread is (inside a save, or between a donated call
-  and the assignment of its result), and with several processes each process
-  is somewhere else, so a collective save could deadlock. Instead the
-  training loop asks :meth:`agreed` at every chunk boundary, which all
-  processes reach in lockstep; any process having been signalled makes all of
-  them save and exit together. A second Ctrl-C raises ``KeyboardInterrupt``
-  at once (without saving). The previous handlers are restored on exit.
-  Outside the main thread (where Python cannot install handlers) the flag is
-  inert.
-
-  Attributes:
-    requested: whether a signal arrived.
-    signum: the first signal received (None before one arrives).
-  """
-
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
-    self.signals = signals
-    self.requested = False
-    self.signum: int | None = None
-    self._previous = {}
-
-  def _handler(self, signum, frame):
-    del frame
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.requested = True
-    self.signum = self.signum or signum
-    if signum == signal.SIGINT:
-      logging.warning("Ctrl-C: stopping after the current steps and saving them (press "
-                      "Ctrl-C again to quit without saving)")
-    else:
-      logging.warning("received signal %d; stopping after the current steps", signum)
-
-  def __enter__(self) -> PreemptionFlag:
-    if threading.current_thread() is threading.main_thread():
-      for s in self.signals:
-        self._previous[s] = signal.signal(s, self._handler)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    for s, h in self._previous.items():  # None: a handler not set from Python.
-      signal.signal(s, signal.SIG_DFL if h is None else h)
-    self._previous = {}
-
-  def agreed(self) -> bool:
-    """Whether any process has been signalled (a collective with several processes).
-
-    With several processes, ``signum`` is set to SIGTERM on the processes that
-    were not signalled themselves.
-    """
-    if jax.process_count() == 1:
-      return self.requested
-    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
-    if np.any(flags) and self.signum is None:
-      self.signum = int(np.max(flags))
-    return bool(np.any(flags))

@@ -10,7 +10,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int, where: str = "optimizer"
+                   ) -> optax.GradientTransformation:
   """Builds the optimiser for the trained parameters.
 
   Args:
@@ -19,6 +20,8 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
       ``weight_decay`` (sgd: coupled L2 added to the update; adamw: decoupled),
       and ``schedule`` (constant, cosine decay to 0 over ``total_steps``).
     total_steps: the run's number of training steps.
+    where: the config path named in error messages (``optimizer``, or a
+      rule's own optimiser such as ``rule.inverse_optimizer``).
 
   Returns:
     An optax transformation. It only ever sees the trained parameters: rule
@@ -27,16 +30,16 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
   """
   name = cfg.name
   if name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    raise ValueError(f"unknown {where} {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
   lr = cfg.learning_rate
   if not lr > 0:
-    raise ValueError(f"optimizer.learning_rate must be > 0, got {lr}")
+    raise ValueError(f"{where}.learning_rate must be > 0, got {lr}")
   wd = cfg.get("weight_decay", 0.0)
   if wd < 0:
-    raise ValueError(f"optimizer.weight_decay must be >= 0, got {wd}")
+    raise ValueError(f"{where}.weight_decay must be >= 0, got {wd}")
   schedule_name = cfg.get("schedule", "constant")
   if schedule_name not in SCHEDULES:
-    raise ValueError(f"unknown optimizer.schedule {schedule_name!r}; valid choices: "
+    raise ValueError(f"unknown {where}.schedule {schedule_name!r}; valid choices: "
                      f"{', '.join(SCHEDULES)}")
   lr_mult = dict(cfg.get("lr_multipliers", None) or {})
   wd_mult = dict(cfg.get("wd_multipliers", None) or {})

@@ -15,15 +15,107 @@ AUGMENTATIONS = ("none", "crop_flip", "flip")
 PLACEMENTS = ("device", "host")
 CONFIG_VERSION = 1
 
-# Network families: "feedforward" networks are stacks of blocks
-# (jaxbio.nets.sequential); "recurrent" ones are convergent recurrent networks
-# (jaxbio.recurrent).
-FEEDFORWARD_ARCHS = ("mlp", "convnet", "lcnet")
-RECURRENT_ARCHS = ("hep_mlp", "hep_loop_mlp", "hep_cnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A network family: the architectures in it, and what the trainer builds for them.
+
+  Attributes:
+    name: ``feedforward`` (stacks of blocks, :mod:`jaxbio.nets`) or
+      ``recurrent`` (convergent recurrent networks, :mod:`jaxbio.recurrent`).
+    archs: the ``model.arch`` names of the family.
+    reference: ``module:function`` building the default reference rule
+      (exact gradients) from ``(net, rule_config)``.
+    diagnostics: ``module:function`` building the family's periodic
+      diagnostics ``(params, x, labels, key) -> dict`` from
+      ``(net, rule_config)``, or None.
+    penalties: config subtrees of penalties this family's rules may add
+      (``homeostasis``: the Jacobian-homeostasis loss).
+  """
+  name: str
+  archs: tuple[str, ...]
+  reference: str
+  diagnostics: str | None = None
+  penalties: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleEntry:
+  """A learning rule the launcher can build by name.
+
+  Attributes:
+    name: the ``rule.name`` of configs.
+    family: the network family it trains (a key of :data:`FAMILIES`).
+    factory: ``module:function``, called as ``factory(net, **kwargs)`` with the
+      config's ``rule`` fields as keyword arguments.
+    optimizers: keyword arguments of the factory that are optimisers of the
+      rule's own state: their config subtrees (like ``config.optimizer``) are
+      turned into ``optax`` transformations, with schedules over the run's
+      total steps, before the factory is called.
+  """
+  name: str
+  family: str
+  factory: str
+  optimizers: tuple[str, ...] = ()
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("feedforward", ("mlp", "convnet", "lcnet"), reference="jaxbio.build:backprop_reference"),
+    Family("recurrent", ("hep_mlp", "hep_loop_mlp", "hep_cnn"),
+           reference="jaxbio.build:rbp_reference", diagnostics="jaxbio.build:recurrent_diagnostics",
+           penalties=("homeostasis",)),
+)}
+
+RULE_ENTRIES: dict[str, RuleEntry] = {}
+
+
+def register_rule(entry: RuleEntry) -> RuleEntry:
+  """Adds a rule to the registry (your own rules too), so configs can name it."""
+  if entry.family not in FAMILIES:
+    raise ValueError(f"unknown family {entry.family!r} for rule {entry.name!r}; valid choices: "
+                     f"{', '.join(FAMILIES)}")
+  RULE_ENTRIES[entry.name] = entry
+  return entry
+
+
+for _entry in (
+    RuleEntry("bp", "feedforward", "jaxbio.rules.feedback:backprop"),
+    RuleEntry("fa", "feedforward", "jaxbio.rules.feedback:feedback_alignment"),
+    RuleEntry("dfa", "feedforward", "jaxbio.rules.feedback:direct_feedback_alignment"),
+    RuleEntry("kp", "feedforward", "jaxbio.rules.feedback:kolen_pollack"),
+    RuleEntry("sign_symmetry", "feedforward", "jaxbio.rules.feedback:sign_symmetry"),
+    RuleEntry("ep", "recurrent", "jaxbio.recurrent.hep:ep"),
+    RuleEntry("hep", "recurrent", "jaxbio.recurrent.hep:hep"),
+    RuleEntry("hep_online", "recurrent", "jaxbio.recurrent.hep:hep_online"),
+    RuleEntry("rbp", "recurrent", "jaxbio.recurrent.hep:rbp"),
+    RuleEntry("bptt", "recurrent", "jaxbio.recurrent.hep:bptt"),
+):
+  register_rule(_entry)
+
+FEEDFORWARD_ARCHS = FAMILIES["feedforward"].archs
+RECURRENT_ARCHS = FAMILIES["recurrent"].archs
 ARCHS = FEEDFORWARD_ARCHS + RECURRENT_ARCHS
-FEEDFORWARD_RULES = ("bp", "fa", "dfa", "kp", "sign_symmetry")
-RECURRENT_RULES = ("ep", "hep", "hep_online", "rbp", "bptt")
-RULES = FEEDFORWARD_RULES + RECURRENT_RULES
+
+
+def rules_of(family: str) -> tuple[str, ...]:
+  """The registered rule names that train ``family``."""
+  return tuple(n for n, e in RULE_ENTRIES.items() if e.family == family)
+
+
+def family_of_arch(arch: str) -> Family:
+  """The family of ``model.arch``; one-line error naming the valid choices."""
+  for family in FAMILIES.values():
+    if arch in family.archs:
+      return family
+  raise ValueError(f"unknown model.arch {arch!r}; valid choices: {', '.join(ARCHS)}")
+
+
+def resolve(target: str):
+  """Imports ``module:attribute``."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  module, _, attr = target.partition(":")
+  return getattr(importlib.import_module(module), attr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,19 +209,19 @@ def check_placement(placement: str) -> None:
 
 def check_names(arch: str, rule: str) -> None:
   """One-line errors for an unknown architecture or rule, or a rule on the wrong family."""
-  if arch not in ARCHS:
-    raise ValueError(f"unknown model.arch {arch!r}; valid choices: {', '.join(ARCHS)}")
-  check_rule(rule, recurrent=arch in RECURRENT_ARCHS)
+  check_rule(rule, family_of_arch(arch).name)
 
 
-def check_rule(rule: str, recurrent: bool) -> None:
-  """One-line errors for an unknown rule, or one that does not train this network family."""
-  if rule not in RULES:
-    raise ValueError(f"unknown rule.name {rule!r}; valid choices: {', '.join(RULES)}")
-  if rule in FEEDFORWARD_RULES and recurrent:
-    raise ValueError(f"rule {rule!r} trains feedforward networks ({', '.join(FEEDFORWARD_ARCHS)});"
-                     f" for a recurrent network use one of: {', '.join(RECURRENT_RULES)}")
-  if rule in RECURRENT_RULES and not recurrent:
-    raise ValueError(f"rule {rule!r} needs a convergent recurrent network "
-                     f"({', '.join(RECURRENT_ARCHS)}); for a feedforward network use one of: "
-                     f"{', '.join(FEEDFORWARD_RULES)}")
+def check_rule(rule: str, family: str) -> RuleEntry:
+  """The registry entry of ``rule``; one-line errors if unknown or not for ``family``."""
+  if rule not in RULE_ENTRIES:
+    raise ValueError(f"unknown rule.name {rule!r}; valid choices: {', '.join(RULE_ENTRIES)}")
+  entry = RULE_ENTRIES[rule]
+  if entry.family != family:
+    archs, rules = ", ".join(FAMILIES[entry.family].archs), ", ".join(rules_of(family))
+    if entry.family == "feedforward":
+      raise ValueError(f"rule {rule!r} trains feedforward networks ({archs}); for a recurrent "
+                       f"network use one of: {rules}")
+    raise ValueError(f"rule {rule!r} needs a convergent recurrent network ({archs}); for a "
+                     f"{family} network use one of: {rules}")
+  return entry

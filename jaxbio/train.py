@@ -1,19 +1,24 @@
-"""Training loop: ``train_and_evaluate(config, workdir)``.
+"""Training: ``train_and_evaluate(config, workdir)``.
 
-Design:
+A run has three parts, each in its own module:
 
-* The datasets that fit in memory live on the devices as uint8 arrays; each
-  compiled call runs up to ``steps_per_call`` training steps (a
-  ``lax.fori_loop``), gathering, augmenting and normalising its batches on
-  device, so the loop is bound neither by Python nor by the input pipeline.
-* Training is data parallel over all devices: batches are sharded on the
-  ``data`` axis of a 1-D mesh, parameters and rule state are replicated, and
-  ``jax.jit`` inserts the gradient reductions.
-* A non-finite loss, update or state, or a training loss that exploded past
-  ``config.divergence_factor`` times the run's first loss, stops the run with
-  the step number and the quantity; the state saved is the last good one.
-* Alignment metrics run every ``alignment_every`` steps in their own compiled
-  call, so the other steps do not pay for them.
+* **assembly** (:mod:`jaxbio.experiment`): the config becomes an
+  :class:`~jaxbio.experiment.Experiment` (network, rule, references,
+  optimiser, the epoch's passes) and an initial
+  :class:`~jaxbio.experiment.TrainState`;
+* **compiled steps** (:mod:`jaxbio.steps`): a training chunk per pass (up to
+  ``steps_per_call`` steps in one ``lax.fori_loop``, with the dataset on the
+  devices, batches gathered, augmented and normalised on device, sharded on
+  the ``data`` axis of a 1-D mesh), evaluation, periodic metrics, epoch phases;
+* **the loop** (here): it runs chunks and, between them, a list of periodic
+  actions, each with its own cadence from the config: alignment metrics,
+  TensorBoard points, console progress, the epoch's evaluation and record,
+  checkpoints, and preemption; before an epoch, the rule's epoch phases.
+
+A non-finite loss, update or state, or a training loss over
+``config.divergence_factor`` times the run's first loss, stops the run with
+the step and the quantity, and the last good state is saved. SIGTERM and
+Ctrl-C save the current step and stop (:class:`Interrupted`).
 """
 
 from __future__ import annotations
@@ -23,35 +28,22 @@ import math
 import os
 import signal
 import time
-from typing import Any, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxbio
-from jaxbio import build, checkpoint, data, optim, registry, workdir as workdirs
+from jaxbio import checkpoint, data, registry, steps, workdir as workdirs
+from jaxbio.experiment import Experiment, TrainState, build_experiment, init_state  # noqa: F401
+from jaxbio.experiment import make_preprocess  # noqa: F401  (part of this module's API)
 from jaxbio.log import logger as logging
-from jaxbio.metrics.alignment import alignment_metrics
-from jaxbio.rules.base import with_penalty
+from jaxbio.preemption import PreemptionFlag
+from jaxbio.steps import Bad, ChunkOut, make_eval, make_train_chunk  # noqa: F401
 
 CONFIG_VERSION = registry.CONFIG_VERSION
-# Codes of the quantity that first went wrong.
-_NONFINITE = {1: "loss", 2: "update", 3: "parameter, optimizer, rule or network state",
-              4: "loss (exploded)"}
-_EXPLODED = 4
-
-
-class TrainState(NamedTuple):
-  """Everything a run carries between steps (a pytree)."""
-  step: jax.Array
-  params: Any
-  net_state: Any
-  opt_state: Any
-  rule_state: Any
-  key: jax.Array  # raw uint32 key data, so checkpoints need no key handling.
+validate = registry.validate
 
 
 class NonFiniteError(FloatingPointError):
@@ -72,201 +64,6 @@ class Interrupted(Exception):
     super().__init__(f"interrupted ({name}): saved step {step} to {checkpoints}; run the same "
                      "command to resume")
     self.signum, self.step, self.checkpoints = signum, step, checkpoints
-
-
-class ChunkOut(NamedTuple):
-  """What a compiled training chunk returns."""
-  state: TrainState
-  sums: dict          # sums of the per-step training metrics over the good steps.
-  bad: jax.Array      # 0, or the code (_NONFINITE) of the first quantity that went wrong.
-  bad_step: jax.Array  # the step at which it did (-1 if none).
-  bad_value: jax.Array  # the loss at that step.
-  first_loss: jax.Array  # the run's first-step loss (NaN until step 1 has run).
-
-
-class Experiment(NamedTuple):
-  """The pieces a config describes, built and checked."""
-  net: Any
-  rule: Any
-  reference: Any
-  tx: optax.GradientTransformation
-  spec: Any
-  steps_per_epoch: int
-  total_steps: int
-
-
-def _all_finite(tree, square: bool = False) -> jax.Array:
-  """Whether every float in ``tree`` is finite, from one sum per leaf.
-
-  A NaN or infinity anywhere makes the sum non-finite, and a sum fuses with
-  the computation that produced the leaf, so this is much cheaper than an
-  element-wise test. With ``square``, the sum of squares: it also catches
-  values whose square overflows (which would silently zero Adam's steps).
-  """
-  sums = [jnp.sum(jnp.square(x) if square else x, dtype=jnp.float32)
-          for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.isfinite(sum(sums)) if sums else jnp.array(True)
-
-
-validate = registry.validate
-
-
-def build_experiment(config, num_train: int) -> Experiment:
-  """Builds network, rule, optimiser; validates the whole config first."""
-  validate(config)
-  spec = data.DATASETS[config.dataset.name]
-  net = build.build_network(config.model, spec.image_shape, spec.num_classes)
-  rule = build.build_rule(config.rule, net)
-  homeo = config.get("homeostasis")
-  if homeo is not None and homeo.weight:
-    if isinstance(net, build.nets.Network):
-      raise ValueError("homeostasis.weight > 0 needs a convergent recurrent network "
-                       f"({', '.join(build.RECURRENT_ARCHS)}); got model.arch "
-                       f"{config.model.arch!r}")
-    from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-    rule = with_penalty(rule, recurrent.homeostasis_penalty(net, homeo.num_probes),
-                        homeo.weight, name="homeostasis")
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"config.batch_size {config.batch_size} is larger than the training set "
-                     f"({num_train} examples)")
-  total_steps = steps_per_epoch * config.num_epochs
-  tx = optim.make_optimizer(config.optimizer, total_steps)
-  # Errors that would otherwise surface only when the step is traced.
-  jax.eval_shape(tx.init, jax.eval_shape(net.init, jax.random.key(0))[0])
-  return Experiment(net, rule, build.build_reference_rule(net), tx, spec, steps_per_epoch,
-                    total_steps)
-
-
-def init_state(exp: Experiment, seed: int) -> TrainState:
-  key = jax.random.key(seed)
-  k_net, k_rule, k_run = jax.random.split(key, 3)
-  params, net_state = exp.net.init(k_net)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, net_state=net_state,
-                    opt_state=exp.tx.init(params), rule_state=exp.rule.init(k_rule, params),
-                    key=jax.random.key_data(k_run))
-
-
-def make_preprocess(config, spec):
-  """Returns ``preprocess(key, uint8_images, train) -> float32 images``."""
-  augment = config.dataset.augment
-  mode = config.dataset.normalize
-  # The hEP CNN runs divide by 1.5x the dataset std (Laborieux & Zenke 2024).
-  stats = (spec.mean, tuple(config.dataset.get("std_multiplier", 1.0) * s for s in spec.std))
-
-  def preprocess(key, images, train):
-    x = images.astype(jnp.float32)
-    if train and augment != "none":
-      x = data.random_crop_flip(key, x, pad=config.dataset.crop_padding,
-                                crop=augment == "crop_flip", flip=True)
-    return data.normalize(x, stats, mode)
-
-  return preprocess
-
-
-_check_placement = registry.check_placement
-
-
-def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device"):
-  """Compiles ``chunk(state, images, labels, idx, num_steps, first_loss) -> ChunkOut``.
-
-  Runs ``num_steps`` (dynamic, <= ``idx.shape[0]``) training steps. With
-  ``placement="device"`` the whole split is on every device and step ``i``
-  gathers the examples ``idx[i]``; with ``"host"``, ``images`` and ``labels``
-  are the chunk's batches, ``(steps, batch, ...)``, already sharded on the
-  batch axis, and ``idx`` only gives the number of rows.
-
-  ``first_loss`` is the loss of the run's first step (NaN if it has not run
-  yet; the chunk that runs step 1 records it). With ``config.divergence_factor
-  = f > 0``, a step whose loss exceeds ``f * first_loss`` counts as bad, like a
-  non-finite loss. Once a step is bad the state stops changing, so the state
-  returned is the last good one.
-  """
-  _check_placement(placement)
-  preprocess = make_preprocess(config, exp.spec)
-  batch_sharding = NamedSharding(mesh, P("data"))
-  factor = float(config.get("divergence_factor", 0.0))
-
-  def one_step(state: TrainState, images, labels, row):
-    key = jax.random.wrap_key_data(state.key)
-    key, k_aug, k_rule = jax.random.split(key, 3)
-    x = jax.lax.with_sharding_constraint(images[row], batch_sharding)
-    y = jax.lax.with_sharding_constraint(labels[row], batch_sharding)
-    batch = {"image": preprocess(k_aug, x, True), "label": y}
-    out = exp.rule.update(state.params, state.net_state, state.rule_state, batch, k_rule)
-    updates, opt_state = exp.tx.update(out.grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    rule_state = exp.rule.after_step(out.state, state.params, updates)
-    new = TrainState(state.step + 1, params, out.net_state, opt_state, rule_state,
-                     jax.random.key_data(key))
-    # Every step: the loss and the sum of squared updates (it also catches values
-    # whose square overflows, which would silently zero Adam's steps). With
-    # finite gradients, optimiser moments, parameters and the rules' states stay
-    # finite; the whole state is checked once per chunk as well.
-    checks = jnp.stack([_all_finite(out.metrics["loss"]), _all_finite(out.grads, square=True)])
-    bad = jnp.where(jnp.all(checks), 0, jnp.argmin(checks) + 1)
-    return new, out.metrics, bad
-
-  def chunk(state: TrainState, images, labels, idx, num_steps, first_loss):
-    row = (lambda i: idx[i]) if placement == "device" else (lambda i: i)
-    zero_metrics = jax.eval_shape(lambda s: one_step(s, images, labels, row(0))[1], state)
-    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), zero_metrics)
-
-    def body(i, carry):
-      state, sums, bad, bad_step, bad_value, first = carry
-      new, metrics, step_bad = one_step(state, images, labels, row(i))
-      loss = jnp.asarray(metrics["loss"], jnp.float32)
-      first = jnp.where(state.step == 0, loss, first)
-      if factor:
-        exploded = (step_bad == 0) & (loss > factor * first)
-        step_bad = jnp.where(exploded, _EXPLODED, step_bad)
-      ok = (bad == 0) & (step_bad == 0)
-      state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-      sums = jax.tree.map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
-      first_bad = (bad == 0) & (step_bad != 0)
-      bad_step = jnp.where(first_bad, state.step + 1, bad_step)
-      bad_value = jnp.where(first_bad, loss, bad_value)
-      bad = jnp.where(first_bad, step_bad, bad)
-      return state, sums, bad, bad_step, bad_value, first
-
-    init = (state, sums0, jnp.int32(0), jnp.int32(-1), jnp.float32(jnp.nan),
-            jnp.asarray(first_loss, jnp.float32))
-    state, sums, bad, bad_step, bad_value, first = jax.lax.fori_loop(0, num_steps, body, init)
-    whole = _all_finite((state.params, state.opt_state, state.rule_state, state.net_state))
-    late = (bad == 0) & ~whole  # caught only by the end-of-chunk check.
-    bad = jnp.where(late, 3, bad)
-    bad_step = jnp.where(late, state.step, bad_step)
-    return ChunkOut(state, sums, bad, bad_step, bad_value, first)
-
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(chunk, donate_argnums=(0,), out_shardings=replicated)
-
-
-def make_eval(exp: Experiment, config, mesh):
-  """Compiles ``evaluate(params, net_state, images, labels) -> (loss_sum, correct)``."""
-  preprocess = make_preprocess(config, exp.spec)
-  eval_bs = config.eval_batch_size
-
-  def evaluate(params, net_state, images, labels):
-    n = images.shape[0]
-    num_batches = -(-n // eval_bs)
-    pad = num_batches * eval_bs - n
-    images = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1))
-    labels = jnp.pad(labels, (0, pad))
-    valid = jnp.arange(num_batches * eval_bs) < n
-
-    def one(args):
-      x, y, m = args
-      logits, _ = exp.net.apply(params, net_state, preprocess(None, x, False), train=False)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      correct = jnp.argmax(logits, -1) == y
-      return jnp.sum(jnp.where(m, losses, 0.0)), jnp.sum(correct & m)
-
-    shape = lambda a: a.reshape((num_batches, eval_bs) + a.shape[1:])
-    losses, correct = jax.lax.map(one, (shape(images), shape(labels), shape(valid)))
-    return jnp.sum(losses), jnp.sum(correct)
-
-  return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
 
 
 def _json_safe(record: dict) -> dict:
@@ -390,203 +187,303 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   workdirs.create(workdir, shown)
   lock = _lock_workdir(workdir, shown)
   try:
-    return _train(config, exp, train_ds, test_ds, devices, workdir, shown, t_begin)
+    run = _Run(config, exp, train_ds, test_ds, make_mesh(devices), workdir, shown)
+    return run.loop(t_begin)
   finally:
     lock.release()
 
 
-def _train(config, exp, train_ds, test_ds, devices, workdir, shown, t_begin):
-  """The training loop of :func:`train_and_evaluate`, on a locked workdir."""
-  mesh = make_mesh(devices)
-  replicated = NamedSharding(mesh, P())
-  put = lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x))
-  placement = config.data_placement
-  if placement == "device":
-    # The split is on every device; each device gathers its slice of every batch
-    # inside the compiled step.
-    train_images, train_labels = put(train_ds.images), put(train_ds.labels)
-  test_images, test_labels = put(test_ds.images), put(test_ds.labels)
-  rows_sharding = NamedSharding(mesh, P(None, "data"))
-  lo, hi = _process_batch_slice(rows_sharding, (config.steps_per_call, config.batch_size))
+class Action(NamedTuple):
+  """A periodic action of the training loop, run between chunks when due.
 
-  def host_batches(idx):
+  Attributes:
+    name: for reading the loop.
+    run: ``() -> None``, reading and updating the run's state.
+    every: run every this many steps (0: not by step count); chunks end on
+      these steps.
+    at_epoch_end: run when an epoch (its last pass) ends.
+    each_chunk: run after every chunk (the action decides itself, e.g. by time).
+    at_end: run after the run's last step.
+  """
+  name: str
+  run: Callable[[], None]
+  every: int = 0
+  at_epoch_end: bool = False
+  each_chunk: bool = False
+  at_end: bool = False
+
+  def due(self, step: int, epoch_end: bool, end: bool) -> bool:
+    return (self.each_chunk or (self.every > 0 and step % self.every == 0)
+            or (self.at_epoch_end and epoch_end) or (self.at_end and end))
+
+
+class _Run:
+  """One run's state between chunks, and the loop over them."""
+
+  def __init__(self, config, exp: Experiment, train_ds, test_ds, mesh, workdir: str, shown: str):
+    self.config, self.exp, self.train_ds, self.test_ds = config, exp, train_ds, test_ds
+    self.shown = shown
+    self.replicated = NamedSharding(mesh, P())
+    self.placement = config.data_placement
+    if self.placement == "device":
+      # The split is on every device; each device gathers its slice of every batch
+      # inside the compiled step.
+      self.train_images, self.train_labels = self.put(train_ds.images), self.put(train_ds.labels)
+    self.test_images, self.test_labels = self.put(test_ds.images), self.put(test_ds.labels)
+    self.rows_sharding = NamedSharding(mesh, P(None, "data"))
+    self.local_rows = _process_batch_slice(self.rows_sharding,
+                                           (config.steps_per_call, config.batch_size))
+    self.state = jax.jit(lambda: init_state(exp, config.seed), out_shardings=self.replicated)()
+    self.chunks = [make_train_chunk(exp, config, mesh, self.placement, p)
+                   for p in range(len(exp.passes))]
+    self.eval_fn = make_eval(exp, config, mesh)
+    self.periodic_fn = steps.make_periodic(exp, config, mesh)
+    self.phase_fn = steps.make_phase(exp, mesh)
+    self.ckpt_every = config.checkpoint.every_steps or exp.steps_per_epoch
+    self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                        keep=config.checkpoint.keep)
+    self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # Training metrics of the epoch under way, the latest periodic and phase
+    # metrics, the run's first-step loss (the divergence guard's reference) and
+    # the training time so far: saved with every checkpoint, so a resumed run
+    # logs what an uninterrupted one would.
+    self.loop_state = {"epoch_sums": {}, "epoch_steps": {}, "last_align": {}, "phase": {},
+                       "first_loss": {}, "elapsed_s": 0.0}
+    restored = self.ckpt.restore_latest(self.state)
+    if restored is not None:
+      self.state, meta, _ = restored
+      _check_resumable(meta.get("config", {}), json.loads(config.to_json()), shown)
+      self.loop_state.update(meta.get("loop", {}))
+      logging.info("resuming from the checkpoint of step %d", int(self.state.step))
+    self.primary = jax.process_index() == 0
+    if self.primary:
+      _truncate_metrics(self.metrics_path, int(self.state.step))
+    self.writers = _Writers(workdir, self.primary)
+    self.step = int(self.state.step)
+    self.t_start, self.t_last_log, self.steps_at_start = time.time(), 0.0, self.step
+    self.elapsed_before = float(self.loop_state["elapsed_s"])
+    self.window = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "t": time.time()}
+    self.record = _last_record(self.metrics_path)
+    self.chunk_sums: dict[str, float] = {}
+    self.chunk_rows = None
+    self.preemption = PreemptionFlag((signal.SIGTERM, signal.SIGINT))
+    self.actions = (
+        Action("alignment", self.align, every=config.alignment_every,
+               at_epoch_end=bool(config.alignment_every)),
+        Action("tensorboard", self.log_points, every=config.get("log_every", 0)),
+        Action("console", self.log_progress, each_chunk=True),
+        Action("evaluate", self.end_of_epoch, at_epoch_end=True),
+        Action("checkpoint", self.periodic_save, every=self.ckpt_every, at_end=True),
+        Action("preemption", self.check_preemption, each_chunk=True),
+    )
+    n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
+    logging.info("%s on %s with %s (%d parameters): %d epochs x %d steps%s, batch %d, "
+                 "%d device(s)", config.rule.name, config.dataset.name, config.model.arch,
+                 n_params, config.num_epochs, exp.steps_per_pass,
+                 "" if len(exp.passes) == 1 else f" x {len(exp.passes)} passes "
+                 f"({', '.join(p.name for p in exp.passes)})", config.batch_size, len(mesh.devices.flat))
+
+  # -- Helpers.
+
+  def put(self, x):
+    return jax.make_array_from_process_local_data(self.replicated, np.asarray(x))
+
+  def elapsed(self) -> float:
+    return self.elapsed_before + time.time() - self.t_start
+
+  def epoch_done(self) -> bool:
+    return self.step % self.exp.steps_per_epoch == 0
+
+  def save(self, force: bool = False) -> None:
+    self.loop_state["elapsed_s"] = self.elapsed()
+    meta = {"config": json.loads(self.config.to_json()), "step": self.step,
+            "epoch": self.step // self.exp.steps_per_epoch, "loop": self.loop_state,
+            "jaxbio_version": jaxbio.__version__}
+    self.ckpt.save(self.step, self.state, meta, force=force)
+
+  def _host_batches(self, idx):
     """This process's slice of every batch of the chunk, as one global array."""
+    lo, hi = self.local_rows
     local = idx[:, lo:hi]
     make = lambda a: jax.make_array_from_process_local_data(
-        rows_sharding, a[local], (idx.shape[0], config.batch_size) + a.shape[1:])
-    return make(train_ds.images), make(train_ds.labels)
+        self.rows_sharding, a[local], (idx.shape[0], self.config.batch_size) + a.shape[1:])
+    return make(self.train_ds.images), make(self.train_ds.labels)
 
-  state = jax.jit(lambda: init_state(exp, config.seed), out_shardings=replicated)()
-  chunk_fn = make_train_chunk(exp, config, mesh, placement)
-  eval_fn = make_eval(exp, config, mesh)
-  preprocess = make_preprocess(config, exp.spec)
-  diagnostics = build.build_diagnostics(exp.net)
+  # -- The loop.
 
-  def periodic_metrics(s, x, y, k):
-    batch = {"image": preprocess(None, x, False), "label": y}
-    key = jax.random.wrap_key_data(k)
-    out = alignment_metrics(exp.rule, exp.reference, s.params, s.net_state, s.rule_state,
-                            batch, key)
-    if diagnostics is not None:
-      out.update(diagnostics(s.params, batch["image"], y, key))
-    return out
+  def loop(self, t_begin: float) -> dict:
+    """Runs the remaining steps; returns the last epoch's record."""
+    try:
+      with self.preemption:
+        if self.step and self.epoch_done() and self.record.get("step") != self.step:
+          self.end_of_epoch()  # stopped between its checkpoint and its record.
+        while self.step < self.exp.total_steps:
+          self.maybe_run_phase()
+          self.train_chunk()
+          epoch_end, end = self.epoch_done(), self.step == self.exp.total_steps
+          for action in self.actions:
+            if action.due(self.step, epoch_end, end):
+              action.run()
+        self.ckpt.wait()
+        latest = self.ckpt.latest_step()
+    finally:
+      self.writers.close()
+      self.ckpt.close()
+    if self.primary:
+      _summary(self.config, self.metrics_path, self.shown, self.step - self.steps_at_start,
+               time.time() - self.t_start, time.time() - t_begin, latest)
+    return self.record
 
-  align_fn = jax.jit(periodic_metrics, out_shardings=replicated)
+  def chunk_length(self, pos: int) -> int:
+    """Steps of the next chunk: up to the pass's end or the next due action."""
+    n = min(self.config.steps_per_call, self.exp.steps_per_pass - pos)
+    for action in self.actions:
+      if action.every:
+        n = min(n, action.every - self.step % action.every)
+    return n
 
-  bs, spe, total = config.batch_size, exp.steps_per_epoch, exp.total_steps
-  ckpt_every = config.checkpoint.every_steps or spe
-  align_every, log_every = config.alignment_every, config.get("log_every", 0)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  # Training metrics of the epoch under way, the latest periodic metrics, the
-  # run's first-step loss (the divergence guard's reference) and the training
-  # time so far: saved with every checkpoint, so a resumed run logs what an
-  # uninterrupted one would.
-  loop = {"epoch_sums": {}, "epoch_steps": 0, "last_align": {}, "first_loss": None,
-          "elapsed_s": 0.0}
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, meta, _ = restored
-    _check_resumable(meta.get("config", {}), json.loads(config.to_json()), shown)
-    loop.update(meta.get("loop", {}))
-    logging.info("resuming from the checkpoint of step %d", int(state.step))
-  primary = jax.process_index() == 0
-  if primary:
-    _truncate_metrics(metrics_path, int(state.step))
-  writers = _Writers(workdir, primary)
-  n_train, n_test = len(train_ds.labels), len(test_ds.labels)
-  logging.info("%s on %s with %s (%d parameters): %d epochs x %d steps, batch %d, %d device(s)",
-               config.rule.name, config.dataset.name, config.model.arch,
-               sum(x.size for x in jax.tree.leaves(state.params)), config.num_epochs, spe, bs,
-               len(devices))
-  step = int(state.step)
-  t_start, t_last_log, steps_at_start = time.time(), 0.0, step
-  elapsed_before = float(loop["elapsed_s"])
-  elapsed = lambda: elapsed_before + time.time() - t_start
-  window = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "t": time.time()}
-  k_call = config.steps_per_call
+  def train_chunk(self) -> None:
+    exp, config, bs = self.exp, self.config, self.config.batch_size
+    epoch, p, pos = exp.position(self.step)
+    if self.step % exp.steps_per_epoch == 0:  # kept until here, so the epoch-end checkpoint holds them.
+      self.loop_state.update(epoch_sums={}, epoch_steps={})
+    passes = len(exp.passes)
+    perm = np.asarray(data.epoch_permutation(config.seed, epoch * passes + p,
+                                             len(self.train_ds.labels)))
+    n = self.chunk_length(pos)
+    idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
+    self.chunk_rows = perm[(pos + n - 1) * bs:(pos + n) * bs]  # the chunk's last batch.
+    idx = np.pad(idx, ((0, config.steps_per_call - n), (0, 0)))  # fixed shape: one compilation.
+    images, labels = ((self.train_images, self.train_labels) if self.placement == "device"
+                      else self._host_batches(idx))
+    first = self.loop_state["first_loss"].get(str(p))
+    out = self.chunks[p](self.state, images, labels, self.put(idx), self.put(np.int32(n)),
+                         self.put(np.float32(np.nan if first is None else first)))
+    self.state = out.state
+    if first is None and math.isfinite(float(out.first_loss)):
+      self.loop_state["first_loss"][str(p)] = float(out.first_loss)
+    if int(out.bad):
+      self.step = int(self.state.step)
+      self.diverged(out, p)
+    self.step += n
+    sums = {k: float(v) for k, v in out.sums.items()}
+    prefix = "train" if p == passes - 1 else f"train_{exp.passes[p].name}"
+    epoch_sums = self.loop_state["epoch_sums"]
+    for k, v in sums.items():
+      epoch_sums[f"{prefix}/{k}"] = epoch_sums.get(f"{prefix}/{k}", 0.0) + v
+    self.loop_state["epoch_steps"][prefix] = self.loop_state["epoch_steps"].get(prefix, 0) + n
+    self.chunk_sums, self.chunk_steps = sums, n
+    self.window.update(loss=self.window["loss"] + sums["loss"], steps=self.window["steps"] + n,
+                       accuracy=self.window["accuracy"] + sums.get("accuracy", 0.0))
 
-  def save(force=False):
-    loop["elapsed_s"] = elapsed()
-    meta = {"config": json.loads(config.to_json()), "step": step, "epoch": step // spe,
-            "loop": loop, "jaxbio_version": jaxbio.__version__}
-    ckpt.save(step, state, meta, force=force)
+  def diverged(self, out: ChunkOut, p: int) -> None:
+    code, at = Bad(int(out.bad)), int(out.bad_step)
+    if code == Bad.STATE:  # found by the end-of-chunk check: no good state to save here.
+      raise NonFiniteError(f"non-finite {code.describe()} within steps {self.step + 1}-{at}; "
+                           "the checkpoints saved before are kept")
+    self.save(force=True)  # the state stopped at the last good step.
+    if code == Bad.EXPLODED:
+      raise NonFiniteError(
+          f"training loss {float(out.bad_value):.4g} at step {at} is over "
+          f"{self.config.divergence_factor:g}x the first step's loss "
+          f"{self.loop_state['first_loss'][str(p)]:.4g} (config.divergence_factor; 0 disables "
+          f"this check): the run diverged; the state of step {at - 1} is kept")
+    raise NonFiniteError(f"non-finite {code.describe()} at step {at}; the state of step "
+                         f"{at - 1} is kept")
 
-  def end_of_epoch():
-    loss_sum, correct = eval_fn(state.params, state.net_state, test_images, test_labels)
-    n_steps = loop["epoch_steps"]
-    record = {"epoch": step // spe,
-              **{f"train/{k}": v / n_steps for k, v in loop["epoch_sums"].items()},
+  def maybe_run_phase(self) -> None:
+    """Runs the rule's epoch phases before an epoch that has not had them yet."""
+    exp = self.exp
+    epoch, p, pos = exp.position(self.step)
+    if self.phase_fn is None or p or pos or int(self.state.phase_epoch) >= epoch:
+      return
+    if epoch and not any(ph.every_epoch for ph in exp.rule.phases):
+      return
+    t = time.time()
+    self.state, metrics = self.phase_fn(self.state, self.put(steps.phase_key(self.config.seed, epoch)),
+                                        epoch == 0)
+    self.state = self.state._replace(phase_epoch=self.put(np.int32(epoch)))
+    wall = time.time() - t
+    self.loop_state["phase"] = {**{f"phase/{k}": float(v) for k, v in metrics.items()},
+                                "phase/wall_s": wall}
+    logging.info("epoch %d: %s phase done in %.1f s", epoch + 1,
+                 "+".join(ph.name for ph in exp.rule.phases), wall)
+    self.save(force=True)
+    self.check_preemption()
+
+  # -- Periodic actions.
+
+  def align(self) -> None:
+    rows = self.chunk_rows
+    self.loop_state["last_align"] = {k: float(v) for k, v in self.periodic_fn(
+        self.state, self.put(self.train_ds.images[rows]), self.put(self.train_ds.labels[rows]),
+        self.put(jax.random.key_data(jax.random.key(self.step)))).items()}
+
+  def log_points(self) -> None:
+    w, now = self.window, time.time()
+    self.writers.scalars(self.step, {
+        "train_step/loss": w["loss"] / w["steps"],
+        "train_step/accuracy": w["accuracy"] / w["steps"],
+        "time/steps_per_s": w["steps"] / max(now - w["t"], 1e-9)})
+    w.update(loss=0.0, accuracy=0.0, steps=0, t=now)
+
+  def log_progress(self) -> None:
+    now, total = time.time(), self.exp.total_steps
+    if now - self.t_last_log <= self.config.log_every_secs and self.step != total:
+      return
+    rate = (self.step - self.steps_at_start) / max(now - self.t_start, 1e-9)
+    epoch, p, _ = self.exp.position(self.step - 1)
+    where = f"epoch {epoch + 1}" + ("" if len(self.exp.passes) == 1
+                                    else f", {self.exp.passes[p].name} pass")
+    n = self.chunk_steps
+    logging.info("step %d/%d (%s) %.1f steps/s ETA %s train loss %.4f acc %.4f", self.step,
+                 total, where, rate, _fmt_time((total - self.step) / max(rate, 1e-9)),
+                 self.chunk_sums["loss"] / n, self.chunk_sums.get("accuracy", float("nan")) / n)
+    self.t_last_log = now
+
+  def end_of_epoch(self) -> None:
+    exp, lp = self.exp, self.loop_state
+    loss_sum, correct = self.eval_fn(self.state.params, self.state.net_state,
+                                     self.state.rule_state, self.test_images, self.test_labels)
+    n_test = len(self.test_ds.labels)
+    sums, counts = lp["epoch_sums"], lp["epoch_steps"]
+    record = {"epoch": self.step // exp.steps_per_epoch,
+              **{k: v / counts[k.split("/", 1)[0]] for k, v in sums.items()},
               "test/loss": float(loss_sum) / n_test,
               "test/accuracy": float(correct) / n_test,
               "test/error_pct": 100.0 * (1 - float(correct) / n_test),
-              **{f"align/{k}": v for k, v in loop["last_align"].items()},
-              "time/elapsed_s": elapsed(),
-              "time/steps_per_s": (step - steps_at_start) / max(time.time() - t_start, 1e-9)}
+              **{f"align/{k}": v for k, v in lp["last_align"].items()},
+              **lp["phase"],
+              "time/elapsed_s": self.elapsed(),
+              "time/steps_per_s": (self.step - self.steps_at_start)
+                                  / max(time.time() - self.t_start, 1e-9)}
+    angle = lp["last_align"].get("update_angle/all")
     logging.info("epoch %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f%s",
                  record["epoch"], record.get("train/loss", float("nan")),
                  record.get("train/accuracy", float("nan")), record["test/loss"],
                  record["test/accuracy"],
-                 "" if "update_angle/all" not in loop["last_align"] else
-                 f" | update angle to {exp.reference.name} "
-                 f"{loop['last_align']['update_angle/all']:.1f} deg")
+                 "" if angle is None else f" | update angle to {exp.references[0].name} "
+                 f"{angle:.1f} deg")
     unsettled = record.get("train/unsettled_frac", 0.0)
     if unsettled > 0:
       logging.warning("epoch %d: %.1f%% of training examples did not settle in the free "
                       "phase (residual above the rule's threshold); consider a longer t_free",
                       record["epoch"], 100 * unsettled)
-    writers.write(step, record)
-    return record
+    self.writers.write(self.step, record)
+    self.record = record
 
-  def diverged(out: ChunkOut):
-    code, at = int(out.bad), int(out.bad_step)
-    if code == 3:  # found by the end-of-chunk check: no good state to save here.
-      raise NonFiniteError(f"non-finite {_NONFINITE[3]} within steps {step + 1}-{at}; the "
-                           "checkpoints saved before are kept")
-    save(force=True)  # the state stopped at the last good step.
-    if code == _EXPLODED:
-      raise NonFiniteError(
-          f"training loss {float(out.bad_value):.4g} at step {at} is over "
-          f"{config.divergence_factor:g}x the first step's loss {loop['first_loss']:.4g} "
-          f"(config.divergence_factor; 0 disables this check): the run diverged; the state "
-          f"of step {at - 1} is kept")
-    raise NonFiniteError(f"non-finite {_NONFINITE[code]} at step {at}; the state of step "
-                         f"{at - 1} is kept")
+  def periodic_save(self) -> None:
+    self.save(force=self.step == self.exp.total_steps)
 
-  record = _last_record(metrics_path)
-  preemption = checkpoint.PreemptionFlag((signal.SIGTERM, signal.SIGINT))
-  try:
-    with preemption:
-      if step and step % spe == 0 and record.get("step") != step:
-        record = end_of_epoch()  # stopped between its checkpoint and its record.
-      while step < total:
-        epoch, pos = divmod(step, spe)
-        if pos == 0:  # kept until here, so the epoch-end checkpoint holds them.
-          loop.update(epoch_sums={}, epoch_steps=0)
-        perm = np.asarray(data.epoch_permutation(config.seed, epoch, n_train))
-        n = min(k_call, spe - pos, ckpt_every - step % ckpt_every)
-        for every in (align_every, log_every):
-          if every:
-            n = min(n, every - step % every)
-        idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
-        idx = np.pad(idx, ((0, k_call - n), (0, 0)))  # fixed shape: one compilation.
-        if placement == "host":
-          train_images, train_labels = host_batches(idx)
-        first = np.float32(np.nan if loop["first_loss"] is None else loop["first_loss"])
-        out = chunk_fn(state, train_images, train_labels, put(idx), put(np.int32(n)),
-                       put(first))
-        state = out.state
-        if loop["first_loss"] is None and math.isfinite(float(out.first_loss)):
-          loop["first_loss"] = float(out.first_loss)
-        if int(out.bad):
-          step = int(state.step)
-          diverged(out)
-        step += n
-        sums = {k: float(v) for k, v in out.sums.items()}
-        for k, v in sums.items():
-          loop["epoch_sums"][k] = loop["epoch_sums"].get(k, 0.0) + v
-        loop["epoch_steps"] += n
-        window.update(loss=window["loss"] + sums["loss"], steps=window["steps"] + n,
-                      accuracy=window["accuracy"] + sums.get("accuracy", 0.0))
-        if align_every and (step % align_every == 0 or step % spe == 0):
-          rows = perm[(pos + n - 1) * bs:(pos + n) * bs]
-          loop["last_align"] = {k: float(v) for k, v in align_fn(
-              state, put(train_ds.images[rows]), put(train_ds.labels[rows]),
-              put(jax.random.key_data(jax.random.key(step)))).items()}
-        now = time.time()
-        if log_every and step % log_every == 0:
-          writers.scalars(step, {
-              "train_step/loss": window["loss"] / window["steps"],
-              "train_step/accuracy": window["accuracy"] / window["steps"],
-              "time/steps_per_s": window["steps"] / max(now - window["t"], 1e-9)})
-          window.update(loss=0.0, accuracy=0.0, steps=0, t=now)
-        if now - t_last_log > config.log_every_secs or step == total:
-          rate = (step - steps_at_start) / max(now - t_start, 1e-9)
-          logging.info("step %d/%d (epoch %d) %.1f steps/s ETA %s train loss %.4f acc %.4f",
-                       step, total, epoch + 1, rate, _fmt_time((total - step) / max(rate, 1e-9)),
-                       sums["loss"] / n, sums.get("accuracy", float("nan")) / n)
-          t_last_log = now
-        if step % spe == 0:
-          record = end_of_epoch()
-        if step % ckpt_every == 0 or step == total:
-          save(force=step == total)
-        if preemption.agreed():
-          logging.warning("%s: saving step %d before exit",
-                          "interrupted (Ctrl-C)" if preemption.signum == signal.SIGINT
-                          else "preempted (SIGTERM)", step)
-          save(force=True)
-          ckpt.wait()
-          raise Interrupted(preemption.signum, step, os.path.join(shown, "checkpoints"))
-    ckpt.wait()
-    latest = ckpt.latest_step()
-  finally:
-    writers.close()
-    ckpt.close()
-  if primary:
-    _summary(config, metrics_path, shown, step - steps_at_start, time.time() - t_start,
-             time.time() - t_begin, latest)
-  return record
+  def check_preemption(self) -> None:
+    if not self.preemption.agreed():
+      return
+    signum = self.preemption.signum
+    logging.warning("%s: saving step %d before exit", "interrupted (Ctrl-C)"
+                    if signum == signal.SIGINT else "preempted (SIGTERM)", self.step)
+    self.save(force=True)
+    self.ckpt.wait()
+    raise Interrupted(signum, self.step, os.path.join(self.shown, "checkpoints"))
 
 
 def _summary(config, metrics_path: str, shown: str, steps_run: int, train_s: float,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from jaxbio import checkpoint
-from jaxbio.checkpoint import Checkpointer, PreemptionFlag
+from jaxbio.checkpoint import Checkpointer
+from jaxbio.preemption import PreemptionFlag
 
 # Orbax leaves un-awaited read coroutines behind when a restore of damaged data
 # fails; Python reports them whenever they are garbage-collected.

@@ -143,7 +143,7 @@ def _poisoned(rule, bad_step):
     out = rule.update(params, net_state, inner, batch, key)
     scale = jax.numpy.where(count + 1 == bad_step, jax.numpy.nan, 1.0)
     grads = jax.tree.map(lambda g: g * scale, out.grads)
-    return out._replace(grads=grads, state=(out.state, count + 1))
+    return out._replace(grads=grads, rule_state=(out.rule_state, count + 1))
 
   return rule._replace(init=init, update=update)
 
@@ -164,7 +164,7 @@ def test_divergence_stops_at_the_step_and_keeps_last_good_state():
     return chunk(train.init_state(e, 0), images, labels, idx, jax.numpy.int32(n), np.nan)
 
   state, _, bad, bad_step, _, _ = run(bad_step=6, n=7)
-  assert train._NONFINITE[int(bad)] == "update" and int(bad_step) == 6
+  assert train.Bad(int(bad)) == train.Bad.UPDATE and int(bad_step) == 6
   clean, _, ok, _, _, _ = run(bad_step=-1, n=5)
   assert int(ok) == 0 and int(state.step) == 5
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(clean.params)):
@@ -240,25 +240,46 @@ def test_host_and_device_placement_train_identically(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_nonfinite_state_is_caught_at_the_end_of_the_chunk():
-  config = _small(bartunov.get_config("mnist,fc,bp"))
-  config.model.widths = (8,)
-  exp = train.build_experiment(config, 2560)
-  bp = exp.rule
-  # A rule with state that never feeds its updates, turning NaN: only the
-  # end-of-chunk check can see it.
-  rule = bp._replace(init=lambda key, params: {"baseline": jax.numpy.zeros(())},
-                     after_step=lambda state, params, updates: {
-                         "baseline": state["baseline"] + jax.numpy.nan})
-  exp = exp._replace(rule=rule)
+def _run_chunk(exp, config, n):
   mesh = train.make_mesh(jax.devices())
   chunk = train.make_train_chunk(exp, config, mesh)
   images = jax.numpy.zeros((2560, 28, 28, 1), jax.numpy.uint8)
   labels = jax.numpy.zeros((2560,), jax.numpy.int32)
   idx = jax.numpy.zeros((7, 128), jax.numpy.int32)
-  state, _, bad, bad_step, _, _ = chunk(train.init_state(exp, 0), images, labels, idx,
-                                        jax.numpy.int32(5), np.nan)
-  assert train._NONFINITE[int(bad)].startswith("parameter, optimizer, rule")
+  return chunk(train.init_state(exp, 0), images, labels, idx, jax.numpy.int32(n), np.nan)
+
+
+def test_nonfinite_rule_state_stops_at_the_step_and_keeps_the_last_good_state():
+  config = _small(bartunov.get_config("mnist,fc,bp"))
+  config.model.widths = (8,)
+  exp = train.build_experiment(config, 2560)
+  # A rule whose state never feeds its updates and turns NaN after step 3.
+  def after_step(state, params, new_params, updates, key):
+    return {"count": state["count"] + 1,
+            "baseline": jax.numpy.where(state["count"] >= 3, jax.numpy.nan, 0.0)}, new_params
+  rule = exp.rule._replace(
+      init=lambda key, params: {"count": jax.numpy.int32(0), "baseline": jax.numpy.zeros(())},
+      after_step=after_step)
+  state, _, bad, bad_step, _, _ = _run_chunk(exp._replace(rule=rule), config, 6)
+  assert train.Bad(int(bad)) == train.Bad.RULE_STATE and int(bad_step) == 4
+  assert int(state.step) == 3 and int(state.rule_state["count"]) == 3
+  assert np.isfinite(float(state.rule_state["baseline"]))
+
+
+def test_nonfinite_network_state_is_caught_at_the_end_of_the_chunk():
+  config = _small(bartunov.get_config("mnist,fc,bp"))
+  config.model.widths = (8,)
+  config.model.batch_norm = True
+  exp = train.build_experiment(config, 2560)
+  bp = exp.rule
+
+  def update(params, net_state, rule_state, batch, key):  # net state is not checked per step.
+    out = bp.update(params, net_state, rule_state, batch, key)
+    return out._replace(net_state=jax.tree.map(lambda x: x * jax.numpy.nan, out.net_state))
+
+  state, _, bad, bad_step, _, _ = _run_chunk(exp._replace(rule=bp._replace(update=update)),
+                                             config, 5)
+  assert train.Bad(int(bad)) == train.Bad.STATE
   assert int(bad_step) == int(state.step) == 5
 
 
@@ -280,6 +301,8 @@ def test_config_errors_come_before_jax_is_imported(tmp_path):
 
 def test_registry_names_match_the_factories():
   from jaxbio import recurrent, registry, rules  # pylint: disable=g-import-not-at-top
-  assert registry.FEEDFORWARD_RULES == tuple(rules.FEEDFORWARD_RULES)
-  assert set(registry.RECURRENT_RULES) == set(recurrent.RULES)
+  assert registry.rules_of("feedforward") == tuple(rules.FEEDFORWARD_RULES)
+  assert set(registry.rules_of("recurrent")) == set(recurrent.RULES)
+  for name, factory in {**rules.FEEDFORWARD_RULES, **recurrent.RULES}.items():
+    assert registry.resolve(registry.RULE_ENTRIES[name].factory) is factory
   assert set(registry.RECURRENT_ARCHS) == set(recurrent.ARCHS)

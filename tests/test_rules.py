@@ -52,7 +52,7 @@ def test_fa_with_transposed_feedback_is_backprop(arch):
   params, state = net.init(jax.random.key(0))
   batch = _batch(net.input_shape, classes=3)
   fa = rules.feedback_alignment(net)
-  fb_state = {"feedback": tuple(None if i == 0 else p["kernel"] for i, p in enumerate(params))}
+  fb_state = rules.FeedbackState(tuple(None if i == 0 else p["kernel"] for i, p in enumerate(params)))
   bp = rules.backprop(net).update(params, state, (), batch, None)
   out = fa.update(params, state, fb_state, batch, None)
   _close(out.grads, bp.grads, 1e-6)
@@ -73,14 +73,14 @@ def test_fa_backward_signal_is_feedback_times_delta():
   h2 = jnp.tanh(h1 @ k[1] + b[1])
   logits = h2 @ k[2] + b[2]
   d3 = (jax.nn.softmax(logits) - y) / x.shape[0]
-  fb = rule_state["feedback"]
+  fb = rule_state.feedback
   d2 = (d3 @ fb[2].T) * (1 - h2 ** 2)
   d1 = (d2 @ fb[1].T) * (1 - h1 ** 2)
   for g, (inp, d) in zip(out.grads, [(x, d1), (h1, d2), (h2, d3)]):
     np.testing.assert_allclose(g["kernel"], inp.T @ d, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(g["bias"], d.sum(0), rtol=1e-5, atol=1e-7)
   # The feedback weights are untouched, and differ from the forward ones.
-  assert out.state is rule_state
+  assert out.rule_state is rule_state
   assert fb[0] is None
   assert not np.allclose(fb[1], k[1])
 
@@ -117,7 +117,7 @@ def test_dfa_projects_output_error_directly():
   h1 = jnp.tanh(x @ k[0] + b[0])
   h2 = jnp.tanh(h1 @ k[1] + b[1])
   e = (jax.nn.softmax(h2 @ k[2] + b[2]) - y) / x.shape[0]
-  fb = rule_state["feedback"]
+  fb = rule_state.feedback
   assert [f.shape for f in fb] == [(3, 7), (3, 6)]
   d1 = (e @ fb[0]) * (1 - h1 ** 2)
   d2 = (e @ fb[1]) * (1 - h2 ** 2)
@@ -130,7 +130,7 @@ def test_dfa_one_hidden_layer_with_transposed_feedback_is_backprop():
   params, state = net.init(jax.random.key(0))
   batch = _batch((5,), classes=3)
   out = rules.direct_feedback_alignment(net).update(
-      params, state, {"feedback": (params[1]["kernel"].T,)}, batch, None)
+      params, state, rules.FeedbackState((params[1]["kernel"].T,)), batch, None)
   _close(out.grads, rules.backprop(net).update(params, state, (), batch, None).grads, 1e-6)
 
 
@@ -142,14 +142,14 @@ def test_kolen_pollack_feedback_mirrors_forward_updates(tx):
   kp = rules.kolen_pollack(net, weight_decay=decay)
   opt_state, rule_state = tx.init(params), kp.init(jax.random.key(1), params)
   gap0 = [float(jnp.linalg.norm(p["kernel"] - fb))
-          for p, fb in zip(params[1:], rule_state["feedback"][1:])]
+          for p, fb in zip(params[1:], rule_state.feedback[1:])]
   steps = 8
   for t in range(steps):
     out = kp.update(params, state, rule_state, _batch((5,), classes=3, seed=t), None)
     updates, opt_state = tx.update(out.grads, opt_state, params)
-    rule_state = kp.after_step(out.state, params, updates)
-    params = optax.apply_updates(params, updates)
-  for g0, p, fb in zip(gap0, params[1:], rule_state["feedback"][1:]):
+    new_params = optax.apply_updates(params, updates)
+    rule_state, params = kp.after_step(out.rule_state, params, new_params, updates, None)
+  for g0, p, fb in zip(gap0, params[1:], rule_state.feedback[1:]):
     np.testing.assert_allclose(jnp.linalg.norm(p["kernel"] - fb), (1 - decay) ** steps * g0,
                                rtol=1e-4)
   # Without decay both pathways take exactly the optimiser's step: the gap is fixed.
@@ -157,11 +157,11 @@ def test_kolen_pollack_feedback_mirrors_forward_updates(tx):
   rs = kp0.init(jax.random.key(1), params)
   out = kp0.update(params, state, rs, _batch((5,), classes=3), None)
   updates, _ = tx.update(out.grads, opt_state, params)
-  new_rs = kp0.after_step(out.state, params, updates)
-  np.testing.assert_allclose(new_rs["feedback"][1] - rs["feedback"][1], updates[1]["kernel"],
+  new_rs, _ = kp0.after_step(out.rule_state, params, None, updates, None)
+  np.testing.assert_allclose(new_rs.feedback[1] - rs.feedback[1], updates[1]["kernel"],
                              atol=1e-7)
   assert float(jnp.max(jnp.abs(updates[1]["kernel"]))) > 0
-  assert kp0.update(params, state, rs, _batch((5,), classes=3), None).state is rs
+  assert kp0.update(params, state, rs, _batch((5,), classes=3), None).rule_state is rs
 
 
 def test_sign_symmetry_uses_scaled_sign_of_forward_weights():
@@ -170,7 +170,7 @@ def test_sign_symmetry_uses_scaled_sign_of_forward_weights():
   batch = _batch((5,), classes=3)
   k = params[1]["kernel"]
   fb = jnp.mean(jnp.abs(k)) * jnp.sign(k)
-  expected = rules.feedback_alignment(net).update(params, state, {"feedback": (None, fb)},
+  expected = rules.feedback_alignment(net).update(params, state, rules.FeedbackState((None, fb)),
                                                   batch, None)
   ss = rules.sign_symmetry(net)
   out = ss.update(params, state, (), batch, None)
@@ -243,7 +243,7 @@ def test_alignment_metrics():
   fa = rules.feedback_alignment(net)
   rs = fa.init(jax.random.key(1), params)
   m = alignment_metrics(fa, bp, params, state, rs, batch, jax.random.key(0))
-  b, w = rs["feedback"][1], params[1]["kernel"]
+  b, w = rs.feedback[1], params[1]["kernel"]
   cos = jnp.sum(b * w) / jnp.linalg.norm(b) / jnp.linalg.norm(w)
   np.testing.assert_allclose(m["feedback_angle/layer1"], jnp.degrees(jnp.arccos(cos)), rtol=1e-4)
   np.testing.assert_allclose(m["feedback_sign_agreement/layer1"],

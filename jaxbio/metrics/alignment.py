@@ -37,9 +37,14 @@ def _kernel_leaves(tree) -> dict[str, jax.Array]:
   return out
 
 
-def alignment_metrics(rule: LearningRule, reference: LearningRule, params, net_state,
+def alignment_metrics(rule: LearningRule, reference, params, net_state,
                       rule_state, batch, key) -> dict[str, jax.Array]:
-  """Per-layer alignment of ``rule`` with ``reference`` (usually backprop).
+  """Per-layer alignment of ``rule`` with its reference rules (usually backprop).
+
+  ``reference`` is a rule or a sequence of rules, each called like ``rule``
+  (with the same rule state, so a reference may read the rule's own feedback
+  weights). The first one's metrics are named as below; another one's
+  ``update_angle_<its name>/...`` and ``update_norm_ratio_<its name>/...``.
 
   Returns a flat dict of scalars:
 
@@ -52,17 +57,20 @@ def alignment_metrics(rule: LearningRule, reference: LearningRule, params, net_s
     ``feedback_sign_agreement/<layer>`` (fraction of non-zero feedback entries
     whose sign matches) and ``feedback_norm_ratio/<layer>`` (``|B| / |W|``).
   """
+  references = (reference,) if isinstance(reference, LearningRule) else tuple(reference)
   out = rule.update(params, net_state, rule_state, batch, key)
-  ref = reference.update(params, net_state, (), batch, key)
+  upd = _kernel_leaves(out.grads)
   metrics = {}
-  upd, bp = _kernel_leaves(out.grads), _kernel_leaves(ref.grads)
-  for name in upd:
-    metrics[f"update_angle/{name}"] = angle_degrees(upd[name], bp[name])
-    metrics[f"update_norm_ratio/{name}"] = _norm_ratio(upd[name], bp[name])
-  if upd:
-    metrics["update_angle/all"] = angle_degrees(
-        jnp.concatenate([jnp.ravel(v) for v in upd.values()]),
-        jnp.concatenate([jnp.ravel(bp[k]) for k in upd]))
+  for i, ref_rule in enumerate(references):
+    suffix = "" if i == 0 else f"_{ref_rule.name}"
+    ref = _kernel_leaves(ref_rule.update(params, net_state, rule_state, batch, key).grads)
+    for name in upd:
+      metrics[f"update_angle{suffix}/{name}"] = angle_degrees(upd[name], ref[name])
+      metrics[f"update_norm_ratio{suffix}/{name}"] = _norm_ratio(upd[name], ref[name])
+    if upd:
+      metrics[f"update_angle{suffix}/all"] = angle_degrees(
+          jnp.concatenate([jnp.ravel(v) for v in upd.values()]),
+          jnp.concatenate([jnp.ravel(ref[k]) for k in upd]))
   for layer, (b, w) in rule.feedback(params, rule_state).items():
     metrics[f"feedback_angle/{layer}"] = angle_degrees(b, w)
     nonzero = b != 0

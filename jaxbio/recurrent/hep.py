@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbio.recurrent import dynamics
-from jaxbio.rules.base import LearningRule, RuleOutput, accuracy, check_batch
+from jaxbio.rules.base import EmptyState, LearningRule, RuleOutput, accuracy, check_batch
 
 RESIDUAL_THRESHOLD = 1e-3
 
@@ -122,7 +122,7 @@ def _feedback_fn(net) -> Callable:
 
 def _init(key, params):
   del key, params
-  return ()
+  return EmptyState()
 
 
 def _check_int(name, value, minimum):

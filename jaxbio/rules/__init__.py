@@ -1,9 +1,9 @@
 """Learning rules: factories returning :class:`LearningRule` bundles of pure functions."""
 
-from jaxbio.rules.base import (LearningRule, RuleOutput, accuracy, check_batch,
-                               classification_metrics, cross_entropy, with_penalty)
-from jaxbio.rules.feedback import (backprop, direct_feedback_alignment, feedback_alignment,
-                                   kolen_pollack, sign_symmetry)
+from jaxbio.rules.base import (EmptyState, LearningRule, Pass, Phase, RuleOutput, accuracy,
+                               check_batch, classification_metrics, cross_entropy, with_penalty)
+from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
+                                   feedback_alignment, kolen_pollack, sign_symmetry)
 
 # Rules on feedforward (sequential) networks, by registry name.
 FEEDFORWARD_RULES = {
@@ -15,7 +15,8 @@ FEEDFORWARD_RULES = {
 }
 
 __all__ = [
-    "LearningRule", "RuleOutput", "accuracy", "check_batch", "classification_metrics", "cross_entropy",
+    "EmptyState", "FeedbackState", "LearningRule", "Pass", "Phase", "RuleOutput", "accuracy",
+    "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
     "kolen_pollack", "sign_symmetry", "FEEDFORWARD_RULES",
 ]

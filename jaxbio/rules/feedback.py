@@ -32,8 +32,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxbio.nets.sequential import Network, block_apply
-from jaxbio.rules.base import (LearningRule, RuleOutput, check_batch, classification_metrics,
-                               cross_entropy)
+from typing import NamedTuple
+
+from jaxbio.rules.base import (EmptyState, LearningRule, RuleOutput, check_batch,
+                               classification_metrics, cross_entropy)
+
+
+class FeedbackState(NamedTuple):
+  """Rule state of FA, KP and DFA: one feedback kernel per layer (None for the first layer in FA/KP)."""
+  feedback: tuple
 
 
 def _loss_and_grads(net: Network, params, net_state, batch, feedback=None):
@@ -60,7 +67,7 @@ def backprop(net: Network) -> LearningRule:
     grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch)
     return RuleOutput(grads, rule_state, new_state, metrics)
 
-  return LearningRule("bp", lambda key, params: (), update)
+  return LearningRule("bp", lambda key, params: EmptyState(), update)
 
 
 def _init_feedback(net: Network, key: jax.Array, scale: float):
@@ -81,21 +88,21 @@ def feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> Learning
     feedback_scale: multiplies the initial feedback weights.
 
   Returns:
-    A :class:`LearningRule` whose state is ``{"feedback": (None, B_1, ...)}``.
+    A :class:`LearningRule` whose state is ``FeedbackState(feedback=(None, B_1, ...))``.
   """
 
   def init(key, params):
     del params
-    return {"feedback": _init_feedback(net, key, feedback_scale)}
+    return FeedbackState(_init_feedback(net, key, feedback_scale))
 
   def update(params, net_state, rule_state, batch, key):
     del key
     grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch,
-                                                rule_state["feedback"])
+                                                rule_state.feedback)
     return RuleOutput(grads, rule_state, new_state, metrics)
 
   return LearningRule("fa", init, update,
-                      lambda params, state: _pairs(net, params, state["feedback"]))
+                      lambda params, state: _pairs(net, params, state.feedback))
 
 
 def kolen_pollack(net: Network, *, weight_decay: float = 0.0,
@@ -119,10 +126,11 @@ def kolen_pollack(net: Network, *, weight_decay: float = 0.0,
   if not 0 <= weight_decay < 1:
     raise ValueError(f"kolen_pollack weight_decay must be in [0, 1), got {weight_decay}")
 
-  def after_step(rule_state, params, updates):
-    return {"feedback": tuple(
+  def after_step(rule_state, params, new_params, updates, key):
+    del key
+    return FeedbackState(tuple(
         None if fb is None else fb + u["kernel"] + weight_decay * (p["kernel"] - fb)
-        for fb, p, u in zip(rule_state["feedback"], params, updates))}
+        for fb, p, u in zip(rule_state.feedback, params, updates))), new_params
 
   # The forward and backward passes are FA's; only the feedback learns.
   fa = feedback_alignment(net, feedback_scale=feedback_scale)
@@ -158,7 +166,7 @@ def sign_symmetry(net: Network, *, scale: str = "mean_abs") -> LearningRule:
                                                 feedback_of(params))
     return RuleOutput(grads, rule_state, new_state, metrics)
 
-  return LearningRule("sign_symmetry", lambda key, params: (), update,
+  return LearningRule("sign_symmetry", lambda key, params: EmptyState(), update,
                       lambda params, state: _pairs(net, params, feedback_of(params)))
 
 
@@ -185,7 +193,7 @@ def direct_feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> L
       n_h = math.prod(block.out_shape)
       limit = feedback_scale * (6.0 / (n_out + n_h)) ** 0.5
       fb.append(jax.random.uniform(k, (n_out, n_h), jnp.float32, -limit, limit))
-    return {"feedback": tuple(fb)}
+    return FeedbackState(tuple(fb))
 
   def update(params, net_state, rule_state, batch, key):
     del key
@@ -204,7 +212,7 @@ def direct_feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> L
     outs, vjp, new_state = jax.vjp(blocks_local, params, has_aux=True)
     logits = outs[-1]
     e = jax.grad(cross_entropy)(logits, labels)
-    cotangents = tuple((e @ b).reshape(h.shape) for b, h in zip(rule_state["feedback"], outs))
+    cotangents = tuple((e @ b).reshape(h.shape) for b, h in zip(rule_state.feedback, outs))
     (grads,) = vjp(cotangents + (e,))
     return RuleOutput(grads, rule_state, new_state, classification_metrics(logits, labels))
 
