@@ -5,10 +5,11 @@ The trainer stops a run when a step's training loss exceeds
 This trains every given config on its real training set through the trainer's
 own compiled chunk (``train.make_train_chunk``) and records each step's loss:
 ``steps_per_call = 1``, so each call's ``sums["loss"]`` is exactly one step's
-loss. Everything else is the trainer's: the data order
-(``data.epoch_permutation(seed, epoch, n)``), the first-step loss passed back
-in as ``first_loss``, replicated argument placement, the learning-rate
-schedule over the config's full ``num_epochs``. The guard itself is off in the
+loss. Everything else is the trainer's (``train._Run``): the data order
+(``data.epoch_permutation(seed, epoch * passes + pass, n)``; every shipped
+rule has one pass), the rule's epoch phases if it has any, the first-step loss
+passed back in as ``first_loss``, replicated argument placement, the
+learning-rate schedule over the config's full ``num_epochs``. The guard itself is off in the
 measuring run (``divergence_factor = 0``) so it cannot stop it; up to the
 step where it would have fired, the guarded run's states are the same.
 
@@ -25,11 +26,18 @@ the count of some configs of the list without restating it.
 
     python -m benchmarks.divergence_margin --data_dir=../shared/data/tfds
 
-The run recorded (2-core CPU shared with another benchmark, so the slow
-configs were shortened):
+The recorded figures (2-core CPU shared with other jobs, so the slow configs
+were shortened) came from two commands: the first measured the MNIST
+Bartunov configs (it stopped at the first hEP config on a working tree that
+was being edited), the second the rest:
 
     python -m benchmarks.divergence_margin --data_dir=../shared/data/tfds --recurrent_cap=500 \
         --steps_for="bartunov:mnist,conv,bp@200;hep_fmnist:online@50"
+    python -m benchmarks.divergence_margin --data_dir=../shared/data/tfds --recurrent_cap=100 \
+        --steps_for="hep_fmnist:online@10" --configs="$REST"
+
+with ``REST`` the ``DEFAULT_CONFIGS`` below without the ``bartunov:mnist,...``
+ones, ';'-joined.
 
 A subset:
 

@@ -131,7 +131,7 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
         step_bad = jnp.where(exploded, Bad.EXPLODED, step_bad)
       ok = (bad == Bad.NONE) & (step_bad == Bad.NONE)
       state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-      sums = jax.tree.map(lambda s, m: s + jnp.where(ok, m, 0.0), sums, metrics)
+      sums = jax.tree.map(lambda s, m: s + jnp.where(ok, m, 0.0).astype(s.dtype), sums, metrics)
       first_bad = (bad == Bad.NONE) & (step_bad != Bad.NONE)
       bad_step = jnp.where(first_bad, state.step + 1, bad_step)
       bad_value = jnp.where(first_bad, loss, bad_value)

@@ -46,6 +46,9 @@ def main(argv):
     _exit(f"jaxbio: error: {e}", 1)
   if not flags.FLAGS["verbosity"].present:
     log.quiet_libraries()
+  if _CONFIG.value.model.get("dtype") == "float64":
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_enable_x64", True)  # before any array is made.
   try:
     # Imported here so that --help and flag errors do not pay for importing JAX.
     from jaxbio import distributed, train  # pylint: disable=g-import-not-at-top

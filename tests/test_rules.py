@@ -295,3 +295,74 @@ def test_bad_labels_are_one_line_errors(batch, message):
   else:  # (under jit, JAX appends a note to the message: match its first line.)
     with pytest.raises(ValueError, match=message.rstrip("$") + "\n"):
       jax.jit(rules.backprop(net).update)(params, state, (), batch, None)
+
+
+def test_transpose_op_is_the_adjoint_of_every_layer_kind():
+  key = jax.random.key(0)
+  net = nets.sequential((9, 9, 2), [dict(kind="conv", features=3, kernel_size=3, stride=2,
+                                         padding="VALID"),
+                                    dict(kind="local", features=2, kernel_size=3, stride=2),
+                                    dict(kind="dense", features=4)])
+  params, _ = net.init(key)
+  h = jax.random.normal(jax.random.key(1), (2, 9, 9, 2))
+  for block, p in zip(net.blocks, params):
+    x = h.reshape((2, *block.in_shape))
+    y = block.op(p["kernel"], x)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    back = block.transpose(p["kernel"], g)
+    assert back.shape == x.shape
+    # <A x, g> == <x, A^T g>, and A^T g equals the VJP of the operator.
+    np.testing.assert_allclose(jnp.vdot(y, g), jnp.vdot(x, back), rtol=1e-5)
+    np.testing.assert_allclose(back, jax.vjp(lambda v: block.op(p["kernel"], v), x)[1](g)[0],
+                               rtol=1e-6, atol=1e-6)
+    h = y
+  # A strided VALID convolution of a 10x10 map never reads its last row and column
+  # (windows start at 0, 2, 4, 6): its transpose gives them 0.
+  conv = nets.sequential((10, 10, 2), [dict(kind="conv", features=3, kernel_size=3, stride=2,
+                                            padding="VALID")])
+  kernel = conv.init(key)[0][0]["kernel"]
+  back = conv.blocks[0].transpose(kernel, jnp.ones((1, 4, 4, 3)))
+  assert back.shape == (1, 10, 10, 2)
+  assert float(jnp.max(jnp.abs(back[:, 9]))) == 0.0 == float(jnp.max(jnp.abs(back[:, :, 9])))
+  assert float(jnp.min(jnp.abs(back[:, :9, :9]))) > 0
+
+
+def test_float64_networks_train_with_exact_float64_gradients():
+  code = r'''
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from jaxbio import nets, rules
+net = nets.mlp((6,), [5], 3, dtype="float64")
+params, state = net.init(jax.random.key(0))
+assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(params))
+batch = {"image": jax.random.normal(jax.random.key(1), (4, 6), jnp.float64),
+         "label": jnp.array([0, 1, 2, 1])}
+for rule in (rules.backprop(net), rules.feedback_alignment(net)):
+  rs = rule.init(jax.random.key(2), params)
+  assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(rs))
+  out = rule.update(params, state, rs, batch, None)
+  assert all(g.dtype == jnp.float64 for g in jax.tree.leaves(out.grads))
+def loss(p):
+  logits, _ = net.apply(p, state, batch["image"])
+  return rules.cross_entropy(logits, batch["label"])
+exact = jax.grad(loss)(params)
+got = rules.backprop(net).update(params, state, rules.EmptyState(), batch, None).grads
+for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(exact)):
+  np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+# Finite differences agree to float64 precision (float32 would give ~1e-3).
+eps = 1e-6
+w = params[0]["kernel"]
+bump = lambda d: [dict(params[0], kernel=w.at[0, 0].add(d)), params[1]]
+fd = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
+assert abs(float(fd) - float(exact[0]["kernel"][0, 0])) < 1e-8, (fd, exact[0]["kernel"][0, 0])
+print("ok")
+'''
+  import subprocess, sys, os  # pylint: disable=g-import-not-at-top,multiple-imports
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.stdout.strip() == "ok", proc.stderr[-3000:]
+  with pytest.raises(ValueError, match="a float64 network needs 64-bit JAX"):
+    nets.mlp((6,), [5], 3, dtype="float64")
+  with pytest.raises(ValueError, match="unknown network dtype 'float16'; valid choices: float32, "
+                                       "float64"):
+    nets.mlp((6,), [5], 3, dtype="float16")

@@ -116,6 +116,32 @@ def local_op(kernel: jax.Array, x: jax.Array, *, kernel_size: int, stride: int =
   return jnp.einsum("bhwk,hwko->bhwo", patches, kernel)
 
 
+def transpose_op(op: Callable[[jax.Array, jax.Array], jax.Array], kernel: jax.Array,
+                 y: jax.Array, in_shape: Sequence[int]) -> jax.Array:
+  """Applies the transpose (adjoint) of the linear map ``x -> op(kernel, x)`` to ``y``.
+
+  For any layer kind: a dense layer gives ``y @ kernel.T``; a strided
+  convolution, the transposed convolution that is its exact adjoint (input
+  positions the convolution never reads get 0); a locally connected layer,
+  the map with the sparsity pattern of ``W^T``. ``<op(kernel, x), y> ==
+  <x, transpose_op(op, kernel, y, x.shape[1:])>`` for all ``x``, ``y``.
+
+  Args:
+    op: a linear operator of this module (``dense_op``, ``conv_op``,
+      ``local_op``, with its geometry bound, as in a block's ``op``).
+    kernel: its kernel; ``y`` can be a feedback kernel's input instead, for a
+      feedback pathway with the forward layer's geometry.
+    y: ``(B, *out_shape)`` output-space batch.
+    in_shape: the per-example input shape of ``op``.
+
+  Returns:
+    The ``(B, *in_shape)`` input-space batch.
+  """
+  x = jax.ShapeDtypeStruct((y.shape[0], *in_shape), y.dtype)
+  (out,) = jax.linear_transpose(lambda v: op(kernel, v), x)(y)
+  return out
+
+
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: str) -> int:
   if padding == "SAME":
     return -(-size // stride)

@@ -57,6 +57,14 @@ class Block(NamedTuple):
   kernel_init: Callable
   flatten: bool
 
+  def transpose(self, kernel: jax.Array, y: jax.Array) -> jax.Array:
+    """The transpose of this block's linear operator (not its post-ops) applied to ``y``.
+
+    ``y`` is ``(B, *linear output shape)``; returns ``(B, *in_shape)`` (flat
+    for a dense block). See :func:`jaxbio.nets.layers.transpose_op`.
+    """
+    return layers.transpose_op(self.op, kernel, y, self.in_shape)
+
 
 def _parse_post(op: str):
   if op in layers.ACTIVATIONS:
@@ -118,28 +126,38 @@ class Network(NamedTuple):
     blocks: the blocks, input to output. The last block's output is the logits
       (or the output activity, for rules that use output activations).
     input_shape: per-example input shape, e.g. ``(28, 28, 1)``.
+    dtype: of the parameters and state, ``"float32"`` or ``"float64"`` (which
+      needs 64-bit JAX: ``jax.config.update("jax_enable_x64", True)`` at
+      start-up; the launcher does this for ``model.dtype="float64"``).
   """
   blocks: tuple[Block, ...]
   input_shape: tuple[int, ...]
+  dtype: str = "float32"
 
   @property
   def num_outputs(self) -> int:
     return math.prod(self.blocks[-1].out_shape)
 
+  @property
+  def param_dtype(self):
+    """The parameters' dtype; a one-line error if float64 is asked for without 64-bit JAX."""
+    return checked_dtype(self.dtype)
+
   def init(self, key: jax.Array) -> tuple[Params, NetState]:
     """Returns ``(params, state)``; biases and batch-norm offsets start at 0."""
     params, state = [], []
+    dtype = self.param_dtype
     for block, k in zip(self.blocks, jax.random.split(key, len(self.blocks))):
-      p = {"kernel": block.kernel_init(k, block.kernel_shape, jnp.float32)}
+      p = {"kernel": block.kernel_init(k, block.kernel_shape, dtype)}
       s = {}
       if block.bias_shape is not None:
-        p["bias"] = jnp.zeros(block.bias_shape, jnp.float32)
+        p["bias"] = jnp.zeros(block.bias_shape, dtype)
       if "bn" in block.post:
         channels = _bn_channels(block)
-        p["bn_scale"] = jnp.ones((channels,), jnp.float32)
-        p["bn_offset"] = jnp.zeros((channels,), jnp.float32)
-        s = {"bn_mean": jnp.zeros((channels,), jnp.float32),
-             "bn_var": jnp.ones((channels,), jnp.float32)}
+        p["bn_scale"] = jnp.ones((channels,), dtype)
+        p["bn_offset"] = jnp.zeros((channels,), dtype)
+        s = {"bn_mean": jnp.zeros((channels,), dtype),
+             "bn_var": jnp.ones((channels,), dtype)}
       params.append(p)
       state.append(s)
     return tuple(params), tuple(state)
@@ -238,13 +256,30 @@ def _make_block(kind: str, in_shape: tuple[int, ...], *, features: int, kernel_s
                kernel_init=layers.initializer(kernel_init, kind, init_gain), flatten=flatten)
 
 
-def sequential(input_shape: Sequence[int], layer_specs: Sequence[dict[str, Any]]) -> Network:
+DTYPES = ("float32", "float64")
+
+
+def checked_dtype(name: str):
+  """``jnp.dtype(name)`` for a network dtype; one-line errors for bad names or no x64."""
+  if name not in DTYPES:
+    raise ValueError(f"unknown network dtype {name!r}; valid choices: {', '.join(DTYPES)}")
+  if name == "float64" and not jax.config.jax_enable_x64:
+    raise ValueError("a float64 network needs 64-bit JAX: call "
+                     "jax.config.update('jax_enable_x64', True) at start-up (the launcher does "
+                     "this for model.dtype='float64')")
+  return jnp.dtype(name)
+
+
+def sequential(input_shape: Sequence[int], layer_specs: Sequence[dict[str, Any]],
+               dtype: str = "float32") -> Network:
   """Builds a network from per-layer specs.
 
   Each spec is a dict with ``kind`` (dense, conv, local), ``features`` and
   optionally ``kernel_size``, ``stride``, ``padding``, ``bias``, ``post``,
-  ``kernel_init``, ``init_gain``.
+  ``kernel_init``, ``init_gain``. ``dtype`` is the parameters' (float32 or
+  float64).
   """
+  checked_dtype(dtype)
   shape = tuple(int(d) for d in input_shape)
   blocks = []
   for spec in layer_specs:
@@ -255,13 +290,14 @@ def sequential(input_shape: Sequence[int], layer_specs: Sequence[dict[str, Any]]
     shape = block.out_shape
   if not blocks:
     raise ValueError("a network needs at least one layer")
-  return Network(blocks=tuple(blocks), input_shape=tuple(int(d) for d in input_shape))
+  return Network(blocks=tuple(blocks), input_shape=tuple(int(d) for d in input_shape),
+                 dtype=dtype)
 
 
 def mlp(input_shape: Sequence[int], widths: Sequence[int], num_classes: int, *,
         activation: str = "tanh", output_activation: str = "identity",
         kernel_init: str = "glorot_uniform", init_gain: float = 1.0,
-        batch_norm: bool = False) -> Network:
+        batch_norm: bool = False, dtype: str = "float32") -> Network:
   """A fully connected network: ``widths`` hidden layers, then ``num_classes`` outputs."""
   layers.get_activation(activation)
   layers.get_activation(output_activation)
@@ -270,7 +306,7 @@ def mlp(input_shape: Sequence[int], widths: Sequence[int], num_classes: int, *,
                 kernel_init=kernel_init, init_gain=init_gain) for w in widths]
   specs.append(dict(kind="dense", features=num_classes, post=(output_activation,),
                     kernel_init=kernel_init, init_gain=init_gain))
-  return sequential(input_shape, specs)
+  return sequential(input_shape, specs, dtype)
 
 
 def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequence[int],
@@ -278,7 +314,7 @@ def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequen
             batch_norm: bool = False, bn_after_activation: bool = False,
             kernel_init: str = "glorot_uniform", init_gain: float = 1.0,
             conv_bias: bool = True, local: bool = False,
-            output_activation: str = "identity") -> Network:
+            output_activation: str = "identity", dtype: str = "float32") -> Network:
   """A convolutional (or, with ``local=True``, locally connected) network.
 
   Args:
@@ -317,7 +353,7 @@ def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequen
                       bias=bias_before_bn, kernel_init=kernel_init, init_gain=init_gain))
   specs.append(dict(kind="dense", features=num_classes, post=(output_activation,),
                     kernel_init=kernel_init, init_gain=init_gain))
-  return sequential(input_shape, specs)
+  return sequential(input_shape, specs, dtype)
 
 
 def num_params(params) -> int:

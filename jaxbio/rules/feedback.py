@@ -72,7 +72,7 @@ def backprop(net: Network) -> LearningRule:
 
 def _init_feedback(net: Network, key: jax.Array, scale: float):
   keys = jax.random.split(key, len(net.blocks))
-  return tuple(None if i == 0 else scale * block.kernel_init(k, block.kernel_shape, jnp.float32)
+  return tuple(None if i == 0 else scale * block.kernel_init(k, block.kernel_shape, net.param_dtype)
                for i, (block, k) in enumerate(zip(net.blocks, keys)))
 
 
@@ -192,7 +192,7 @@ def direct_feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> L
     for block, k in zip(net.blocks[:-1], keys):
       n_h = math.prod(block.out_shape)
       limit = feedback_scale * (6.0 / (n_out + n_h)) ** 0.5
-      fb.append(jax.random.uniform(k, (n_out, n_h), jnp.float32, -limit, limit))
+      fb.append(jax.random.uniform(k, (n_out, n_h), net.param_dtype, -limit, limit))
     return FeedbackState(tuple(fb))
 
   def update(params, net_state, rule_state, batch, key):
