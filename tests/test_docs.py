@@ -94,3 +94,16 @@ def test_launcher_help_and_docstring_name_config_files_that_exist():
   # Every .py name the help mentions is a config file that exists (or the launcher itself).
   for short in set(re.findall(r"\b(\w+\.py)\b", text)) - {"main.py"}:
     assert (ROOT / "launch" / "configs" / short).is_file(), short
+
+
+def test_docstring_examples_run_as_doctests():
+  import doctest  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  modules = []
+  for path in sorted((ROOT / "jaxbio").rglob("*.py")):
+    if ">>>" in path.read_text(encoding="utf-8"):
+      modules.append(".".join(path.relative_to(ROOT).with_suffix("").parts))
+  assert "jaxbio.rules.base" in modules
+  for name in modules:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, (name, result)

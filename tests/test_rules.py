@@ -157,7 +157,8 @@ def test_kolen_pollack_feedback_mirrors_forward_updates(tx):
   rs = kp0.init(jax.random.key(1), params)
   out = kp0.update(params, state, rs, _batch((5,), classes=3), None)
   updates, _ = tx.update(out.grads, opt_state, params)
-  new_rs, _ = kp0.after_step(out.rule_state, params, None, updates, None)
+  new_rs, _ = kp0.after_step(out.rule_state, params, optax.apply_updates(params, updates),
+                             updates, None)
   np.testing.assert_allclose(new_rs.feedback[1] - rs.feedback[1], updates[1]["kernel"],
                              atol=1e-7)
   assert float(jnp.max(jnp.abs(updates[1]["kernel"]))) > 0
@@ -366,3 +367,27 @@ print("ok")
   with pytest.raises(ValueError, match="unknown network dtype 'float16'; valid choices: float32, "
                                        "float64"):
     nets.mlp((6,), [5], 3, dtype="float16")
+
+
+def test_kolen_pollack_feedback_update_never_reads_the_forward_weights():
+  net = nets.mlp((5,), [7, 6], 3)
+  params, state = net.init(jax.random.key(0))
+  kp = rules.kolen_pollack(net, weight_decay=0.1)
+  rs = kp.init(jax.random.key(1), params)
+  updates = jax.tree.map(lambda p: 0.01 * jnp.ones_like(p), params)
+  new_params = optax.apply_updates(params, updates)
+  fb, _ = kp.after_step(rs, params, new_params, updates, None)
+  # Any other forward weights (same update): the same feedback.
+  other = jax.tree.map(lambda p: p + 100.0, params)
+  fb_other, _ = kp.after_step(rs, other, optax.apply_updates(other, updates), updates, None)
+  for a, b, b0, u in zip(fb.feedback[1:], fb_other.feedback[1:], rs.feedback[1:], updates[1:]):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, 0.9 * b0 + u["kernel"], rtol=1e-6)
+  # With a zero update, B only decays (toward 0, not toward W).
+  zero = jax.tree.map(jnp.zeros_like, params)
+  fb0, w0 = kp.after_step(rs, params, params, zero, None)
+  for a, b0 in zip(fb0.feedback[1:], rs.feedback[1:]):
+    np.testing.assert_allclose(a, 0.9 * b0, rtol=1e-6)
+  for p_new, p in zip(w0[1:], params[1:]):
+    np.testing.assert_allclose(p_new["kernel"], 0.9 * p["kernel"], rtol=1e-6)
+  np.testing.assert_array_equal(w0[0]["kernel"], params[0]["kernel"])  # no feedback: no decay.

@@ -9,8 +9,8 @@ on softmax cross-entropy and differ only in the backward pass:
   ``W_l^T``; weight gradients keep their local form ``delta_l h_{l-1}^T``.
 * :func:`kolen_pollack` (Kolen & Pollack 1994; Akrout et al. 2019): FA whose
   feedback receives the update the optimiser applied to the forward weights,
-  transposed, plus a decay toward them, so ``W - B^T`` shrinks by
-  ``(1 - decay)`` every step.
+  transposed, and both pathways decay by the same factor, so ``W - B^T``
+  shrinks by ``(1 - decay)`` every step without ``B`` ever reading ``W``.
 * :func:`sign_symmetry` (Liao, Leibo & Poggio 2016): the feedback is
   ``sign(W^T)`` times a per-layer scale, recomputed from ``W`` at every step.
 * :func:`direct_feedback_alignment` (Nokland 2016): every hidden block output
@@ -107,20 +107,28 @@ def feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> Learning
 
 def kolen_pollack(net: Network, *, weight_decay: float = 0.0,
                   feedback_scale: float = 1.0) -> LearningRule:
-  """Kolen-Pollack: feedback weights receive the forward weights' updates.
+  """Kolen-Pollack (Kolen & Pollack 1994; Akrout et al. 2019): feedback learns the forward update.
 
-  Backward pass as in FA. After each optimiser step, in kernel layout,
-  ``B <- B + u + weight_decay * (W - B)``, where ``u`` is the update the
-  optimiser applied to ``W`` (whatever the optimiser: SGD, Adam, ...). With
-  SGD and decoupled decay, ``u = -lr * g - weight_decay * W``, so this is
-  Akrout et al. (2019)'s ``B <- (1 - weight_decay) B - lr * g`` (Eqs. 7-8).
-  In all cases ``W_{t+1} - B_{t+1} = (1 - weight_decay) (W_t - B_t)``: the
-  pathways converge geometrically, and with ``weight_decay = 0`` their gap is
-  fixed while both move.
+  Backward pass as in FA. After each optimiser step, every forward kernel
+  ``W_l`` that has a feedback kernel ``B_l`` and that feedback kernel (in
+  kernel layout, so ``B_l == W_l`` means feedback ``= W_l^T``) receive the
+  same update and the same decay (Akrout et al. 2019, Eqs. 7-8)::
+
+      W_l <- W_l + u_l - weight_decay * W_l
+      B_l <- B_l + u_l - weight_decay * B_l
+
+  where ``u_l`` is the update the optimiser applied to ``W_l`` (SGD, Adam,
+  ...). The decay of ``W_l`` is applied here, decoupled from the optimiser,
+  so that it is the same decay whatever the optimiser. ``B``'s update reads
+  only ``u`` and ``B`` itself, never ``W`` (that would be weight transport);
+  still ``W_{t+1} - B_{t+1} = (1 - weight_decay) (W_t - B_t)``: the pathways
+  converge because both decay. With ``weight_decay = 0`` the gap is fixed
+  while both move. (The first layer, which has no feedback kernel, is not
+  decayed here.)
 
   Args:
     net: the network.
-    weight_decay: rate at which ``W - B`` shrinks per step (0 keeps it fixed).
+    weight_decay: the decay of each step, for ``W`` and ``B`` alike, in [0, 1).
     feedback_scale: multiplies the initial random feedback weights.
   """
   if not 0 <= weight_decay < 1:
@@ -128,9 +136,11 @@ def kolen_pollack(net: Network, *, weight_decay: float = 0.0,
 
   def after_step(rule_state, params, new_params, updates, key):
     del key
-    return FeedbackState(tuple(
-        None if fb is None else fb + u["kernel"] + weight_decay * (p["kernel"] - fb)
-        for fb, p, u in zip(rule_state.feedback, params, updates))), new_params
+    feedback = tuple(None if fb is None else (1 - weight_decay) * fb + u["kernel"]
+                     for fb, u in zip(rule_state.feedback, updates))
+    decayed = tuple(p if fb is None else dict(p, kernel=p["kernel"] - weight_decay * w["kernel"])
+                    for p, w, fb in zip(new_params, params, rule_state.feedback))
+    return FeedbackState(feedback), decayed
 
   # The forward and backward passes are FA's; only the feedback learns.
   fa = feedback_alignment(net, feedback_scale=feedback_scale)
