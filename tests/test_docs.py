@@ -107,3 +107,13 @@ def test_docstring_examples_run_as_doctests():
   for name in modules:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0, (name, result)
+
+
+def test_readme_compare_rules_command_runs_every_feedforward_rule():
+  from benchmarks import accuracy  # pylint: disable=g-import-not-at-top
+  from jaxbio import registry  # pylint: disable=g-import-not-at-top
+  match = re.search(r"python -m benchmarks.accuracy --suite=(\w+)", README)
+  assert match, "the README's compare-rules command"
+  suite = accuracy.SUITES[match.group(1)]
+  rules = {arg.split(",")[2] for _, module, arg, _ in suite if module == "bartunov"}
+  assert rules == set(registry.rules_of("feedforward"))

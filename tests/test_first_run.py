@@ -6,6 +6,7 @@ them, rather than the absolute temporary paths other tests use.
 """
 
 import json
+import math
 import os
 import signal
 import socket
@@ -205,3 +206,27 @@ def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path):
   (record,) = _records(tmp_path / "metrics.jsonl")
   assert record == {"step": 5, "train/loss": None, "test/loss": None, "epoch": 1,
                     "test/accuracy": 0.5}
+
+
+def test_training_loss_and_steps_per_s_go_to_tensorboard_every_log_every_steps(tmp_path, monkeypatch):
+  from jaxbio.train import _Writers  # pylint: disable=g-import-not-at-top
+  points = []
+  original = _Writers.scalars
+
+  def scalars(self, step, values):
+    points.append((step, dict(values)))
+    original(self, step, values)
+
+  monkeypatch.setattr(_Writers, "scalars", scalars)
+  config = _mock_config(log_every=3)  # 512 examples / 128 = 4 steps per epoch, 3 epochs.
+  with data_testing.mock_data(512):
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  step_points = [(s, v) for s, v in points if "train_step/loss" in v]
+  assert [s for s, _ in step_points] == [3, 6, 9, 12]
+  for _, v in step_points:
+    assert math.isfinite(v["train_step/loss"]) and v["time/steps_per_s"] > 0
+  epoch_points = [s for s, v in points if "test/loss" in v]
+  assert epoch_points == [4, 8, 12]
+  events = os.listdir(tmp_path / "w" / "tensorboard")
+  assert any(f.startswith("events.out.tfevents") for f in events)

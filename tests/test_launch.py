@@ -71,6 +71,7 @@ def test_bad_flags_fail_with_one_line(tmp_path, flag, message):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("jaxbio: error:"), proc.stderr[-2000:]
   assert message in last
+  assert proc.stderr.count(message) == 1, proc.stderr  # printed once, not also as a log line.
 
 
 def test_bad_config_argument_is_one_line(tmp_path):
