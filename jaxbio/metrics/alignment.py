@@ -14,12 +14,32 @@ from jaxbio.rules.base import LearningRule
 
 
 def angle_degrees(a: jax.Array, b: jax.Array) -> jax.Array:
-  """Angle in degrees between two arrays seen as flat vectors (90 if one is 0)."""
-  a = jnp.ravel(a).astype(jnp.float32)
-  b = jnp.ravel(b).astype(jnp.float32)
-  denom = jnp.linalg.norm(a) * jnp.linalg.norm(b)
-  cos = jnp.where(denom > 0, jnp.vdot(a, b) / jnp.where(denom > 0, denom, 1.0), 0.0)
-  return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
+  """Angle in degrees between two arrays seen as flat vectors (90 if one is 0).
+
+  θ = 2·atan2(‖â − b̂‖, ‖â + b̂‖) with the unit vectors â = a/‖a‖, b̂ = b/‖b‖,
+  which equals arccos⟨â, b̂⟩ in exact arithmetic but, unlike arccos of a
+  rounded cosine, is accurate to rounding over the whole range: identical
+  directions give exactly 0, opposite ones exactly 180, and a float32 angle of
+  1e-3° keeps its leading digits (arccos of a float32 cosine cannot resolve
+  angles below ≈ 0.03°, since 1 − cos θ ≈ θ²/2 falls under one ulp of 1).
+  Each vector is first divided by its largest magnitude, so neither tiny nor
+  huge updates underflow or overflow in the norms. Computed in at least
+  float32. By convention the angle to a zero vector is 90°.
+  """
+  dtype = jnp.promote_types(jnp.result_type(a, b), jnp.float32)
+  a = jnp.ravel(a).astype(dtype)
+  b = jnp.ravel(b).astype(dtype)
+
+  def unit(v):
+    scale = jnp.max(jnp.abs(v))
+    v = v / jnp.where(scale > 0, scale, 1.0)
+    norm = jnp.linalg.norm(v)
+    return v / jnp.where(norm > 0, norm, 1.0), scale > 0
+
+  ua, nonzero_a = unit(a)
+  ub, nonzero_b = unit(b)
+  angle = 2.0 * jnp.arctan2(jnp.linalg.norm(ua - ub), jnp.linalg.norm(ua + ub))
+  return jnp.where(nonzero_a & nonzero_b, jnp.degrees(angle), jnp.asarray(90.0, dtype))
 
 
 def _norm_ratio(a, b):
