@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxbio.rules.base import LearningRule
+from jaxbio.rules.base import RULE_GRADS, LearningRule
 
 
 def angle_degrees(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -57,16 +57,29 @@ def _kernel_leaves(tree) -> dict[str, jax.Array]:
   return out
 
 
+def _angle_all(upd: dict, ref: dict) -> jax.Array:
+  """Angle between all the weights of ``upd`` concatenated and the same of ``ref``."""
+  return angle_degrees(jnp.concatenate([jnp.ravel(v) for v in upd.values()]),
+                       jnp.concatenate([jnp.ravel(ref[k]) for k in upd]))
+
+
 def alignment_metrics(rule: LearningRule, reference: LearningRule, params, net_state,
                       rule_state, batch, key) -> dict[str, jax.Array]:
   """Per-layer alignment of ``rule`` with ``reference`` (usually backprop).
 
   Returns a flat dict of scalars:
 
-  * ``update_angle/<w>``: angle (degrees) between the rule's update and the
-    reference gradient for weight ``w`` on the same batch, and
-    ``update_angle/all`` over all weights concatenated;
-  * ``update_norm_ratio/<w>``: ``|update| / |reference|``;
+  * ``update_angle/<w>``: angle (degrees) between the rule's own update and
+    the reference gradient for weight ``w`` on the same batch, and
+    ``update_angle/all`` over all weights concatenated. For a rule wrapped by
+    :func:`jaxbio.rules.base.with_penalty` (e.g. hEP with Jacobian
+    homeostasis) this is the learning rule's update g_rule alone, read from
+    ``aux["rule_grads"]``, not g_rule + λ∇P;
+  * ``update_angle_total/<w>`` and ``update_angle_total/all``: only for a
+    penalised rule, the same angles for the total update g_rule + λ∇P that
+    the optimiser receives;
+  * ``update_norm_ratio/<w>``: ``|update| / |reference|`` (the rule's own
+    update);
   * for every pair in ``rule.feedback``: ``feedback_angle/<layer>`` (angle
     between feedback and forward weights, i.e. ``B`` vs ``W^T``),
     ``feedback_sign_agreement/<layer>`` (fraction of non-zero feedback entries
@@ -75,14 +88,19 @@ def alignment_metrics(rule: LearningRule, reference: LearningRule, params, net_s
   out = rule.update(params, net_state, rule_state, batch, key)
   ref = reference.update(params, net_state, (), batch, key)
   metrics = {}
-  upd, bp = _kernel_leaves(out.grads), _kernel_leaves(ref.grads)
+  bp = _kernel_leaves(ref.grads)
+  upd = _kernel_leaves(out.aux.get(RULE_GRADS, out.grads))
   for name in upd:
     metrics[f"update_angle/{name}"] = angle_degrees(upd[name], bp[name])
     metrics[f"update_norm_ratio/{name}"] = _norm_ratio(upd[name], bp[name])
   if upd:
-    metrics["update_angle/all"] = angle_degrees(
-        jnp.concatenate([jnp.ravel(v) for v in upd.values()]),
-        jnp.concatenate([jnp.ravel(bp[k]) for k in upd]))
+    metrics["update_angle/all"] = _angle_all(upd, bp)
+  if RULE_GRADS in out.aux:
+    total = _kernel_leaves(out.grads)
+    for name in total:
+      metrics[f"update_angle_total/{name}"] = angle_degrees(total[name], bp[name])
+    if total:
+      metrics["update_angle_total/all"] = _angle_all(total, bp)
   for layer, (b, w) in rule.feedback(params, rule_state).items():
     metrics[f"feedback_angle/{layer}"] = angle_degrees(b, w)
     nonzero = b != 0
