@@ -76,17 +76,60 @@ def build_rule(rule_cfg, net) -> rules.LearningRule:
   return recurrent.make_rule(name, net, **kwargs)
 
 
-def build_reference_rule(net) -> rules.LearningRule:
-  """The rule whose updates alignment metrics compare against (exact gradients)."""
+def _run_settings(rule_cfg) -> dict[str, Any]:
+  """The run's hEP settings T1, T2, N and β, from its rule config (absent ones left out).
+
+  ``t_free`` (T1; when the rule sets its own), ``t_nudge`` (T2: steps per
+  nudged phase, also the BPTT/RBP length), ``n_points`` (N; ``ep`` has
+  N = 2 if ``symmetric`` else N = 1) and ``beta`` (β).
+  """
+  if rule_cfg is None:
+    return {}
+  d = _kwargs(rule_cfg)
+  out = {k: d[k] for k in ("t_free", "t_nudge", "n_points", "beta") if d.get(k) is not None}
+  if d.get("name") == "ep":
+    out["n_points"] = 2 if d.get("symmetric") else 1
+  return out
+
+
+def build_reference_rule(net, rule_cfg=None) -> rules.LearningRule:
+  """The rule whose updates alignment metrics compare against (exact gradients).
+
+  Backprop for feedforward networks. For convergent recurrent networks, RBP
+  at the free fixed point, δ ← (WD)ᵀδ + D P_out c for T2 steps from 0 (the
+  authors' ``rec_bp``), with the run's own T2 = ``rule_cfg.t_nudge`` and, if
+  the rule sets one, its T1 = ``rule_cfg.t_free`` (the RBP defaults, T2 = 20
+  and the network's T1, without ``rule_cfg`` or those fields), so the
+  reference gradient is truncated like the rule's own estimate.
+
+  Args:
+    net: the network.
+    rule_cfg: the run's rule config (optional), e.g. ``config.rule``.
+  """
   if isinstance(net, nets.Network):
     return rules.backprop(net)
   from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-  return recurrent.make_rule("rbp", net)
+  settings = _run_settings(rule_cfg)
+  return recurrent.make_rule("rbp", net, **{k: settings[k] for k in ("t_free", "t_nudge")
+                                            if k in settings})
 
 
-def build_diagnostics(net):
-  """Network-specific periodic diagnostics ``(params, x, labels, key) -> dict``, or None."""
+def build_diagnostics(net, rule_cfg=None):
+  """Network-specific periodic diagnostics ``(params, x, labels, key) -> dict``, or None.
+
+  For convergent recurrent networks, :func:`jaxbio.recurrent.diagnostics`
+  with the run's own N, β, T2 (and T1, if the rule sets one) from
+  ``rule_cfg``, so ``error_cos/...`` is cos(v, δ) for the v the rule uses
+  (its defaults, N = 0 and T2 = 20, without ``rule_cfg``; rules without N,
+  ``rbp`` and ``bptt``, use N = 0 at their T2).
+
+  Args:
+    net: the network.
+    rule_cfg: the run's rule config (optional), e.g. ``config.rule``.
+  """
   if isinstance(net, nets.Network):
     return None
   from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-  return lambda params, x, labels, key: recurrent.diagnostics(net, params, x, labels, key)
+  settings = _run_settings(rule_cfg)
+  return lambda params, x, labels, key: recurrent.diagnostics(net, params, x, labels, key,
+                                                              **settings)

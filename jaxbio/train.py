@@ -134,8 +134,8 @@ def build_experiment(config, num_train: int) -> Experiment:
   tx = optim.make_optimizer(config.optimizer, total_steps)
   # Errors that would otherwise surface only when the step is traced.
   jax.eval_shape(tx.init, jax.eval_shape(net.init, jax.random.key(0))[0])
-  return Experiment(net, rule, build.build_reference_rule(net), tx, spec, steps_per_epoch,
-                    total_steps)
+  return Experiment(net, rule, build.build_reference_rule(net, config.rule), tx, spec,
+                    steps_per_epoch, total_steps)
 
 
 def init_state(exp: Experiment, seed: int) -> TrainState:
@@ -420,7 +420,7 @@ def _train(config, exp, train_ds, test_ds, devices, workdir, shown, t_begin):
   chunk_fn = make_train_chunk(exp, config, mesh, placement)
   eval_fn = make_eval(exp, config, mesh)
   preprocess = make_preprocess(config, exp.spec)
-  diagnostics = build.build_diagnostics(exp.net)
+  diagnostics = build.build_diagnostics(exp.net, config.rule)
 
   def periodic_metrics(s, x, y, k):
     batch = {"image": preprocess(None, x, False), "label": y}
