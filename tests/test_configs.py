@@ -155,3 +155,30 @@ def test_trainer_passes_the_rule_config_to_the_diagnostics(tmp_path, monkeypatch
     config.dataset.data_dir = str(tmp_path / "tfds")
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert seen and seen[0].t_nudge == 7 and seen[0].n_points == 4 and seen[0].beta == 0.3
+
+
+@pytest.mark.parametrize("dataset,mean,std", [
+    # The authors' code: CIFAR-10's constants for both CIFAR datasets, std x 1.5.
+    ("cifar10", (0.4914, 0.4822, 0.4465), (1.5 * 0.2023, 1.5 * 0.1994, 1.5 * 0.2010)),
+    ("cifar100", (0.4914, 0.4822, 0.4465), (1.5 * 0.2023, 1.5 * 0.1994, 1.5 * 0.2010)),
+    ("imagenet32", (0.485, 0.456, 0.406), (1.5 * 0.229, 1.5 * 0.224, 1.5 * 0.225)),
+])
+def test_hep_conv_normalisation_constants(dataset, mean, std):
+  from jaxbio import data  # pylint: disable=g-import-not-at-top
+  config = hep_conv.get_config(f"{dataset},table2_n0")
+  preprocess = train.make_preprocess(config, data.DATASETS[config.dataset.name])
+  pixels = np.array([0, 51, 128, 255], np.uint8)
+  images = np.broadcast_to(pixels[:, None, None, None], (4, 2, 2, 3))
+  x = np.asarray(preprocess(None, images, False))
+  expected = (pixels[:, None] / 255.0 - np.array(mean)) / np.array(std)
+  np.testing.assert_allclose(x[:, 0, 0, :], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dataset_statistics_fall_back_to_the_dataset_spec():
+  from jaxbio import data  # pylint: disable=g-import-not-at-top
+  config = bartunov.get_config("cifar10,conv,bp")
+  config.dataset.normalize = "standardize"
+  spec = data.DATASETS["cifar10"]
+  x = np.asarray(train.make_preprocess(config, spec)(None, np.zeros((1, 1, 1, 3), np.uint8),
+                                                     False))
+  np.testing.assert_allclose(x.ravel(), -np.array(spec.mean) / np.array(spec.std), rtol=1e-6)
