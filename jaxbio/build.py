@@ -91,12 +91,33 @@ def build_references(rule: rules.LearningRule, net, rule_cfg=None) -> tuple[rule
   """The rules alignment metrics compare ``rule`` against: its own, else its family's."""
   if rule.references:
     return rule.references
-  return (registry.resolve(family_of(net).reference)(net, rule_cfg),)
+  return (build_reference_rule(net, rule_cfg),)
 
 
 def build_reference_rule(net, rule_cfg=None) -> rules.LearningRule:
-  """The family's exact-gradient rule (the default reference of alignment metrics)."""
+  """The family's exact-gradient rule (the default reference of alignment metrics).
+
+  Args:
+    net: the network.
+    rule_cfg: the run's rule config (optional), e.g. ``config.rule``.
+  """
   return registry.resolve(family_of(net).reference)(net, rule_cfg)
+
+
+def _run_settings(rule_cfg) -> dict[str, Any]:
+  """The run's hEP settings T1, T2, N and β, from its rule config (absent ones left out).
+
+  ``t_free`` (T1; when the rule sets its own), ``t_nudge`` (T2: steps per
+  nudged phase, also the BPTT/RBP length), ``n_points`` (N; ``ep`` has
+  N = 2 if ``symmetric`` else N = 1) and ``beta`` (β).
+  """
+  if rule_cfg is None:
+    return {}
+  d = _kwargs(rule_cfg)
+  out = {k: d[k] for k in ("t_free", "t_nudge", "n_points", "beta") if d.get(k) is not None}
+  if d.get("name") == "ep":
+    out["n_points"] = 2 if d.get("symmetric") else 1
+  return out
 
 
 def backprop_reference(net, rule_cfg=None) -> rules.LearningRule:
@@ -106,10 +127,18 @@ def backprop_reference(net, rule_cfg=None) -> rules.LearningRule:
 
 
 def rbp_reference(net, rule_cfg=None) -> rules.LearningRule:
-  """Recurrent backprop at the free fixed point: the reference of recurrent rules."""
-  del rule_cfg
+  """The reference of recurrent rules: RBP at the free fixed point.
+
+  δ ← (WD)ᵀδ + D P_out c for T2 steps from 0 (the authors' ``rec_bp``), with
+  the run's own T2 = ``rule_cfg.t_nudge`` and, if the rule sets one, its
+  T1 = ``rule_cfg.t_free`` (the RBP defaults, T2 = 20 and the network's T1,
+  without ``rule_cfg`` or those fields), so the reference gradient is
+  truncated like the rule's own estimate.
+  """
   from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-  return recurrent.make_rule("rbp", net)
+  settings = _run_settings(rule_cfg)
+  return recurrent.make_rule("rbp", net, **{k: settings[k] for k in ("t_free", "t_nudge")
+                                            if k in settings})
 
 
 def build_diagnostics(net, rule_cfg=None):
@@ -119,9 +148,16 @@ def build_diagnostics(net, rule_cfg=None):
 
 
 def recurrent_diagnostics(net, rule_cfg=None):
-  del rule_cfg
+  """:func:`jaxbio.recurrent.diagnostics` with the run's own N, β, T2 (and T1, if the rule sets one).
+
+  So ``error_cos/...`` is cos(v, δ) for the v the rule uses (its defaults,
+  N = 0 and T2 = 20, without ``rule_cfg``; rules without N, ``rbp`` and
+  ``bptt``, use N = 0 at their T2).
+  """
   from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
-  return lambda params, x, labels, key: recurrent.diagnostics(net, params, x, labels, key)
+  settings = _run_settings(rule_cfg)
+  return lambda params, x, labels, key: recurrent.diagnostics(net, params, x, labels, key,
+                                                              **settings)
 
 
 def add_penalties(rule: rules.LearningRule, net, config) -> rules.LearningRule:

@@ -121,8 +121,10 @@ def make_preprocess(config, spec):
   """Returns ``preprocess(key, uint8_images, train) -> float32 images``."""
   augment = config.dataset.augment
   mode = config.dataset.normalize
-  # The hEP CNN runs divide by 1.5x the dataset std (Laborieux & Zenke 2024).
-  stats = (spec.mean, tuple(config.dataset.get("std_multiplier", 1.0) * s for s in spec.std))
+  # Optional dataset.mean / dataset.std replace the spec's; the hEP CNN runs divide
+  # by 1.5x the std (Laborieux & Zenke 2024).
+  mean, std = config.dataset.get("mean") or spec.mean, config.dataset.get("std") or spec.std
+  stats = (tuple(mean), tuple(config.dataset.get("std_multiplier", 1.0) * s for s in std))
 
   def preprocess(key, images, train):
     x = images.astype(jnp.float32)

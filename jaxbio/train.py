@@ -469,6 +469,12 @@ class _Run:
       logging.warning("epoch %d: %.1f%% of training examples did not settle in the free "
                       "phase (residual above the rule's threshold); consider a longer t_free",
                       record["epoch"], 100 * unsettled)
+    imag = record.get("train/max_abs_imag_u")
+    if imag is not None and imag > jaxbio.recurrent.IMAG_BOUND:
+      logging.warning("epoch %d: complex nudged phases reached max |Im u| = %.2f (epoch mean of "
+                      "the per-step maxima), past pi/4: outside sigma's analytic region the "
+                      "O(|beta|^N) bias bound fails; consider a smaller |beta|",
+                      record["epoch"], imag)
     self.writers.write(self.step, record)
     self.record = record
 

@@ -76,3 +76,109 @@ def test_recurrent_model_rejects_unknown_parameter():
   c.model.widths = (3,)
   with pytest.raises(ValueError, match="model 'hep_mlp' does not take parameter 'widths'"):
     train.build_experiment(c, 1000)
+
+
+def _tiny_hep_config(**rule):
+  c = hep_fmnist.get_config("table1,4,0.3")
+  c.model.hidden = (16, 12)
+  c.model.t_free = 30
+  c.rule.update(rule)
+  return c
+
+
+def _batch(n=6):
+  x = jax.random.uniform(jax.random.key(1), (n, 28, 28, 1))
+  return {"image": x, "label": jnp.arange(n) % 10}
+
+
+def test_reference_rbp_uses_the_runs_t2_and_t1():
+  from jaxbio import build, recurrent  # pylint: disable=g-import-not-at-top
+  exp = train.build_experiment(_tiny_hep_config(t_nudge=7), 1000)
+  params = exp.net.init(jax.random.key(0))[0]
+  batch = _batch()
+  grads = lambda rule: jax.jit(lambda p, b: rule.update(p, (), (), b, None).grads)(params, batch)
+  ref = grads(exp.references[0])
+  for a, b in zip(jax.tree.leaves(ref),
+                  jax.tree.leaves(grads(recurrent.make_rule("rbp", exp.net, t_nudge=7)))):
+    np.testing.assert_array_equal(a, b)
+  default = grads(build.build_reference_rule(exp.net))  # one argument: RBP's own T2 = 20.
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ref),
+                                                        jax.tree.leaves(default)))
+  # A rule's own T1 (hep_online's) reaches the reference too.
+  rule_cfg = ml_collections.ConfigDict(dict(name="hep_online", t_free=90, t_nudge=9))
+  own = grads(build.build_reference_rule(exp.net, rule_cfg))
+  direct = grads(recurrent.make_rule("rbp", exp.net, t_free=90, t_nudge=9))
+  for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(direct)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_diagnostics_error_cos_uses_the_runs_n_beta_and_t2():
+  from jaxbio import build, recurrent  # pylint: disable=g-import-not-at-top
+  config = _tiny_hep_config(t_nudge=7)
+  exp = train.build_experiment(config, 1000)
+  params = exp.net.init(jax.random.key(0))[0]
+  x, labels = _batch()["image"], _batch()["label"]
+  run = lambda fn: jax.jit(fn)(params, x, labels)
+  diag = run(lambda p, x, y: build.build_diagnostics(exp.net, config.rule)(p, x, y,
+                                                                          jax.random.key(0)))
+  direct = run(lambda p, x, y: recurrent.error_alignment(exp.net, p, x, y, n_points=4, beta=0.3,
+                                                         t_nudge=7))
+  default = run(lambda p, x, y: build.build_diagnostics(exp.net)(p, x, y, jax.random.key(0)))
+  for layer, cos in direct.items():
+    np.testing.assert_allclose(diag[f"error_cos/{layer}"], cos, rtol=1e-6)
+  assert abs(float(diag["error_cos/all"]) - float(default["error_cos/all"])) > 1e-4
+  # ep's N comes from `symmetric`.
+  ep = ml_collections.ConfigDict(dict(name="ep", beta=0.2, symmetric=True, t_nudge=7))
+  diag = run(lambda p, x, y: build.build_diagnostics(exp.net, ep)(p, x, y, jax.random.key(0)))
+  direct = run(lambda p, x, y: recurrent.error_alignment(exp.net, p, x, y, n_points=2, beta=0.2,
+                                                         t_nudge=7))
+  np.testing.assert_allclose(diag["error_cos/all"], direct["all"], rtol=1e-6)
+
+
+def test_trainer_passes_the_rule_config_to_the_diagnostics(tmp_path, monkeypatch):
+  from jaxbio import build  # pylint: disable=g-import-not-at-top
+  from jaxbio.data import testing as data_testing  # pylint: disable=g-import-not-at-top
+
+  class Stop(Exception):
+    pass
+
+  seen = []
+
+  def record(net, rule_cfg=None):
+    seen.append(rule_cfg)
+    raise Stop
+
+  monkeypatch.setattr(build, "build_diagnostics", record)
+  config = _tiny_hep_config(t_nudge=7)
+  config.dataset.train_split, config.dataset.test_split = "train[:100]", "test[:100]"
+  with data_testing.mock_data(100), pytest.raises(Stop):
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert seen and seen[0].t_nudge == 7 and seen[0].n_points == 4 and seen[0].beta == 0.3
+
+
+@pytest.mark.parametrize("dataset,mean,std", [
+    # The authors' code: CIFAR-10's constants for both CIFAR datasets, std x 1.5.
+    ("cifar10", (0.4914, 0.4822, 0.4465), (1.5 * 0.2023, 1.5 * 0.1994, 1.5 * 0.2010)),
+    ("cifar100", (0.4914, 0.4822, 0.4465), (1.5 * 0.2023, 1.5 * 0.1994, 1.5 * 0.2010)),
+    ("imagenet32", (0.485, 0.456, 0.406), (1.5 * 0.229, 1.5 * 0.224, 1.5 * 0.225)),
+])
+def test_hep_conv_normalisation_constants(dataset, mean, std):
+  from jaxbio import data  # pylint: disable=g-import-not-at-top
+  config = hep_conv.get_config(f"{dataset},table2_n0")
+  preprocess = train.make_preprocess(config, data.DATASETS[config.dataset.name])
+  pixels = np.array([0, 51, 128, 255], np.uint8)
+  images = np.broadcast_to(pixels[:, None, None, None], (4, 2, 2, 3))
+  x = np.asarray(preprocess(None, images, False))
+  expected = (pixels[:, None] / 255.0 - np.array(mean)) / np.array(std)
+  np.testing.assert_allclose(x[:, 0, 0, :], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dataset_statistics_fall_back_to_the_dataset_spec():
+  from jaxbio import data  # pylint: disable=g-import-not-at-top
+  config = bartunov.get_config("cifar10,conv,bp")
+  config.dataset.normalize = "standardize"
+  spec = data.DATASETS["cifar10"]
+  x = np.asarray(train.make_preprocess(config, spec)(None, np.zeros((1, 1, 1, 3), np.uint8),
+                                                     False))
+  np.testing.assert_allclose(x.ravel(), -np.array(spec.mean) / np.array(spec.std), rtol=1e-6)

@@ -243,3 +243,54 @@ def test_negative_beta_is_the_other_teaching_sign():
     assert _cos(_flat(minus1.grads), g0) > 0.999 and _cos(_flat(plus1.grads), g0) > 0.999
     mid = 0.5 * (_flat(plus1.grads) + _flat(minus1.grads))
     assert _rel(mid, g0) < 0.2 * min(_rel(_flat(plus1.grads), g0), _rel(_flat(minus1.grads), g0))
+
+
+def _max_imag_direct(net, params, x, labels, u0, betas, steps, carry=False):
+  """max |Im u_t| over t = 1..steps of each phase at each beta, step by step.
+
+  Each phase starts from u0 (``carry``: from the previous phase's end, as the
+  online rounds do).
+  """
+  cdt = dynamics.complex_dtype(dynamics.real_dtype(params))
+  drive = dynamics.cast(net.field.drive(params, x), cdt)
+  y = dynamics.one_hot(net, labels, cdt)
+  step = jax.jit(lambda u, b: dynamics.step(net, params, drive, u, b, y))
+  m, u = 0.0, dynamics.cast(u0, cdt)
+  for b in betas:
+    u = u if carry else dynamics.cast(u0, cdt)
+    for _ in range(steps):
+      u = step(u, jnp.asarray(b, cdt))
+      m = max(m, max(float(jnp.max(jnp.abs(jnp.imag(v)))) for v in u.values()))
+  return m
+
+
+def test_max_abs_imag_u_of_the_complex_nudged_phases():
+  assert rec.IMAG_BOUND == pytest.approx(np.pi / 4)
+  with jax.enable_x64(True):
+    net, params, batch = _setup(90.0, t_free=200)
+    x, labels = batch["image"], batch["label"]
+    n6, n6_unfolded, n2, n0, online = _updates(net, params, batch, [
+        ("hep", dict(n_points=6, beta=1.0, t_nudge=10)),
+        ("hep", dict(n_points=6, beta=1.0, t_nudge=10, fold_conjugates=False)),
+        ("hep", dict(n_points=2, beta=1.0, t_nudge=10)),
+        ("hep", dict(n_points=0, t_nudge=10)),
+        ("hep_online", dict(n_points=4, beta=0.5, t_free=40, t_nudge=10))])
+    u1 = rec.free_phase(net, params, x)
+    # N = 6 folded: complex phases k = 1, 2 (k = 0, 3 are real; k = 4, 5 their conjugates).
+    direct = _max_imag_direct(net, params, x, labels, u1,
+                              [np.exp(2j * np.pi * k / 6) for k in (1, 2)], 10)
+    # Online: from u = 0, 4 rounds of 10 steps at 0.5 e^{2 pi i r / 4}, state carried over.
+    direct_online = _max_imag_direct(net, params, x, labels,
+                                     dynamics.zeros_state(net, (B,), jnp.float64),
+                                     [0.5 * np.exp(2j * np.pi * r / 4) for r in range(4)], 10,
+                                     carry=True)
+  m6 = float(n6.metrics["max_abs_imag_u"])
+  assert m6 > rec.IMAG_BOUND  # |beta| = 1 leaves the analytic region of sigma here.
+  np.testing.assert_allclose(m6, direct, rtol=1e-10)
+  # Phases k and N - k are conjugate: folding does not change the maximum.
+  np.testing.assert_allclose(float(n6_unfolded.metrics["max_abs_imag_u"]), m6, rtol=1e-10)
+  assert float(online.metrics["max_abs_imag_u"]) > 0.05
+  np.testing.assert_allclose(float(online.metrics["max_abs_imag_u"]), direct_online, rtol=1e-10)
+  # Real nudges (N = 2) and forward mode (N = 0): no complex phase, exactly 0.
+  assert float(n2.metrics["max_abs_imag_u"]) == 0.0
+  assert float(n0.metrics["max_abs_imag_u"]) == 0.0

@@ -141,3 +141,35 @@ def test_jacobian_symmetry_and_error_alignment_metrics():
   assert res0.shape == (8,) and float(jnp.max(res0)) < 1e-3
   assert all(float(v) > 0.999 for v in align0.values()), align0
   assert float(align90["all"]) < 0.95
+
+
+def test_update_angle_is_of_the_rule_and_total_angle_includes_homeostasis():
+  # with_penalty adds λ∇L_homeo to the hEP update; update_angle/... must be the
+  # angle of the hEP update itself to RBP, update_angle_total/... that of the sum.
+  from jaxbio.metrics import alignment_metrics  # pylint: disable=g-import-not-at-top
+  net, params, batch = _tiny(90.0)
+  hep = rec.make_rule("hep", net, n_points=0, t_nudge=20)
+  wrapped = with_penalty(hep, rec.homeostasis_penalty(net, 2), 1e3, name="homeostasis")
+  ref = rec.make_rule("rbp", net, t_nudge=20)
+  key = jax.random.key(3)
+  # hEP ignores its key, so the wrapped rule's own update is the plain one's.
+  metrics = lambda rule: jax.jit(
+      lambda p, b: alignment_metrics(rule, ref, p, (), (), b, key))(params, batch)
+  plain, both = metrics(hep), metrics(wrapped)
+  own = {k: v for k, v in both.items() if k.startswith("update_angle/")}
+  assert own and own.keys() == {k for k in plain if k.startswith("update_angle/")}
+  for k, v in own.items():
+    assert float(v) == float(plain[k]), k
+  assert not any(k.startswith("update_angle_total/") for k in plain)
+  total = {k[len("update_angle_total/"):]: v for k, v in both.items()
+           if k.startswith("update_angle_total/")}
+  assert set(total) == {k[len("update_angle/"):] for k in own}
+  # A large λ turns the recurrent kernels' total update toward the penalty's gradient.
+  assert abs(float(total["all"]) - float(own["update_angle/all"])) > 1.0
+  assert abs(float(total["l2-l1.kernel"]) - float(own["update_angle/l2-l1.kernel"])) > 1.0
+  # The readout gets no homeostatic gradient: the same angle either way.
+  assert float(total["readout.kernel"]) == float(own["update_angle/readout.kernel"])
+  own_grads, grads = jax.jit(lambda p, b: (wrapped.update(p, (), (), b, key).aux["rule_grads"],
+                                            hep.update(p, (), (), b, key).grads))(params, batch)
+  for a, b in zip(jax.tree.leaves(own_grads), jax.tree.leaves(grads)):
+    np.testing.assert_array_equal(a, b)

@@ -255,6 +255,31 @@ def test_alignment_metrics():
   np.testing.assert_allclose(angle_degrees(jnp.array([1.0, 0]), jnp.array([0, 2.0])), 90.0)
 
 
+def test_angle_degrees_is_accurate_near_0_and_180():
+  # arccos of a float32 cosine returns 0 below ~0.03 deg (1 - cos < 1 ulp of 1):
+  # the atan2 form keeps small angles and gives exact 0 and 180.
+  x = jax.random.normal(jax.random.key(0), (1000,))
+  assert float(angle_degrees(x, x)) == 0.0
+  assert float(angle_degrees(x, -x)) == 180.0
+  for deg in (1e-3, 1e-2, 0.5):
+    t = np.radians(deg)
+    a = jnp.array([1.0, 0.0, 0.0])
+    b = jnp.array([np.cos(t), np.sin(t), 0.0], jnp.float32)
+    # The float32 b is exactly at atan(b1 / b0) from a.
+    exact = np.degrees(np.arctan2(np.float64(b[1]), np.float64(b[0])))
+    np.testing.assert_allclose(float(angle_degrees(a, b)), exact, rtol=1e-5)
+    np.testing.assert_allclose(float(angle_degrees(a, -b)), 180.0 - exact, rtol=1e-6)
+  np.testing.assert_allclose(angle_degrees(jnp.array([1.0, 0]), jnp.array([0, 2.0])), 90.0)
+  # Tiny and huge vectors: no underflow or overflow in the norms.
+  np.testing.assert_allclose(angle_degrees(jnp.array([1e-30, 0.0]), jnp.array([1e-30, 1e-30])),
+                             45.0, rtol=1e-6)
+  np.testing.assert_allclose(angle_degrees(jnp.array([1e30, 0.0]), jnp.array([1e30, 1e30])),
+                             45.0, rtol=1e-6)
+  # By convention the angle to a zero vector is 90.
+  assert float(angle_degrees(x, jnp.zeros_like(x))) == 90.0
+  assert float(angle_degrees(jnp.zeros(3), jnp.zeros(3))) == 90.0
+
+
 def test_wrong_input_shape_is_a_one_line_error():
   net = nets.mlp((28, 28, 1), [8], 10)
   params, state = net.init(jax.random.key(0))

@@ -32,6 +32,15 @@ from jaxbio.recurrent.vector_fields import real_linear
 FREE_DTYPES = ("float32", "float16", "bfloat16")
 N1_REFERENCES = ("start", "f0")
 
+# Bound on |Im u| along the complex nudged trajectories. The MLP activation
+# σ(z) = 1/(1 + e^{−(4z−2)}) has its poles nearest the real axis at
+# z = ½ ± iπ/4, so f(β) = σ(u_{T2}(β)) is holomorphic, and the Cauchy estimate's
+# bias O(|β|^N) holds, only while every state keeps |Im u| < π/4. (The CNN's
+# σ(z) = ½[SiLU(z) − SiLU(z − 2)] has its nearest poles at |Im z| = π: there
+# π/4 is a conservative bound.) The hEP rules report max |Im u| as
+# ``metrics["max_abs_imag_u"]``.
+IMAG_BOUND = math.pi / 4
+
 
 def cast(tree: Any, dtype) -> Any:
   """Casts every array leaf of ``tree`` to ``dtype``."""
@@ -120,6 +129,32 @@ def run(net, params: dict, drive: dict, u0: dict, steps: int, beta=None, y=None)
   return lax.fori_loop(0, int(steps), lambda t, u: step(net, params, drive, u, beta, y), u0)
 
 
+def max_abs_imag(u: dict) -> jax.Array:
+  """max |Im u| over all layers, examples and neurons (a real scalar; NaN if any is NaN)."""
+  return jnp.max(jnp.stack([jnp.max(jnp.abs(jnp.imag(v))) for v in jax.tree.leaves(u)]))
+
+
+def run_max_imag(net, params: dict, drive: dict, u0: dict, steps: int, beta=None,
+                 y=None) -> tuple[dict, jax.Array]:
+  """:func:`run`, also returning m = max_{1 ≤ t ≤ steps} max |Im u_t| (0 for real states).
+
+  One |Im u| reduction per step (cheap next to the step itself). A trajectory
+  that became non-finite gives m = +inf: it left the analytic region.
+  """
+  u0 = jax.tree.map(jnp.asarray, u0)
+  m0 = jnp.zeros((), jnp.real(jax.tree.leaves(u0)[0]).dtype)
+  if steps == 0:
+    return u0, m0
+
+  def body(t, carry):
+    u, m = carry
+    u = step(net, params, drive, u, beta, y)
+    return u, jnp.maximum(m, max_abs_imag(u))
+
+  u, m = lax.fori_loop(0, int(steps), body, (u0, m0))
+  return u, jnp.where(jnp.isnan(m), jnp.inf, m)
+
+
 def free_phase(net, params: dict, x: jax.Array, *, t_free: int | None = None,
                free_dtype: str | None = None) -> dict:
   """The free phase: T1 iterations from u = 0 at β = 0; returns u1.
@@ -178,7 +213,7 @@ def check_estimator(n_points, beta, t_nudge, n1_reference):
 
 def neuronal_error(net, params: dict, drive: dict, u1: dict, y: jax.Array, *,
                    n_points: int, beta: float, t_nudge: int, n1_reference: str = "start",
-                   fold_conjugates: bool = True) -> dict:
+                   fold_conjugates: bool = True, return_max_imag: bool = False):
   """The hEP estimate of v = dσ(u*_β)/dβ at β = 0, by the number of points N.
 
   With f(β) = σ(u_{T2}(β)) started from u1:
@@ -199,24 +234,39 @@ def neuronal_error(net, params: dict, drive: dict, u1: dict, y: jax.Array, *,
     net: the network; params: its parameters; drive: ``net.field.drive(params, x)``.
     u1: the free state; y: one-hot labels (real).
     n_points, beta, t_nudge, n1_reference, fold_conjugates: as above.
+    return_max_imag: also return m = max |Im u_t| over every step t = 1 … T2
+      of every complex nudged phase, all examples and neurons: the trajectories
+      stay in σ's analytic region, where the O(|β|^N) bias bound holds, iff
+      m < :data:`IMAG_BOUND` (π/4 for the MLP). m = 0 exactly when no phase
+      is complex (N ≤ 2: real β only; N = 0 nudges in forward mode). Phases
+      k and N − k are conjugate, so folding does not change m.
 
   Returns:
-    v, shaped like the state (real).
+    v, shaped like the state (real); ``(v, m)`` with ``return_max_imag``.
   """
   check_estimator(n_points, beta, t_nudge, n1_reference)
   dtype = real_dtype(params)
+  no_imag = jnp.zeros((), dtype)
+  done = (lambda v, m=no_imag: (v, m)) if return_max_imag else (lambda v, m=None: v)
 
   def f(b, p=params, d=drive, u=u1, yy=y):
     return nudged_activity(net, p, d, u, yy, b, t_nudge)
 
+  def f_complex(b, d, u, yy):
+    """f(b) for a complex phase, with its max |Im u_t| (when asked for)."""
+    if not return_max_imag:
+      return f(b, params, d, u, yy), no_imag
+    uu, m = run_max_imag(net, params, d, u, t_nudge, b, yy)
+    return activity(net, uu), m.astype(dtype)
+
   if n_points == 0:
     zero, one = jnp.zeros((), dtype), jnp.ones((), dtype)
-    return jax.jvp(f, (zero,), (one,))[1]
+    return done(jax.jvp(f, (zero,), (one,))[1])
   beta = jnp.asarray(beta, dtype)  # may be traced.
   if n_points == 1:
     ref = activity(net, u1) if n1_reference == "start" else f(jnp.zeros((), dtype))
     fb = f(beta)
-    return jax.tree.map(lambda a, r: (a - r) / beta, fb, ref)
+    return done(jax.tree.map(lambda a, r: (a - r) / beta, fb, ref))
 
   n = n_points
   cdt = complex_dtype(dtype)
@@ -224,21 +274,24 @@ def neuronal_error(net, params: dict, drive: dict, u1: dict, y: jax.Array, *,
     ks = jnp.arange(n)
     betas = beta * jnp.exp(2j * jnp.pi * ks / n).astype(cdt)
     cd, cu, cy = cast(drive, cdt), cast(u1, cdt), y.astype(cdt)
-    fs = jax.vmap(lambda b: f(b, params, cd, cu, cy))(betas)
-    return jax.tree.map(lambda s: jnp.real(jnp.tensordot(1.0 / betas, s, axes=1)) / n, fs)
+    fs, ms = jax.vmap(lambda b: f_complex(b, cd, cu, cy))(betas)
+    return done(jax.tree.map(lambda s: jnp.real(jnp.tensordot(1.0 / betas, s, axes=1)) / n, fs),
+                jnp.max(ms))
 
   rb = jnp.stack([beta, -beta]) if n % 2 == 0 else beta[None]
   fr = jax.vmap(f)(rb)
   total = jax.tree.map(lambda s: jnp.tensordot(1.0 / rb, s, axes=1), fr)
   n_complex = (n + 1) // 2 - 1
+  max_imag = no_imag
   if n_complex > 0:
     ks = jnp.arange(1, n_complex + 1)
     betas = beta * jnp.exp(2j * jnp.pi * ks / n).astype(cdt)
     cd, cu, cy = cast(drive, cdt), cast(u1, cdt), y.astype(cdt)
-    fc = jax.vmap(lambda b: f(b, params, cd, cu, cy))(betas)
+    fc, ms = jax.vmap(lambda b: f_complex(b, cd, cu, cy))(betas)
+    max_imag = jnp.max(ms)
     total = jax.tree.map(lambda t, s: t + 2.0 * jnp.real(jnp.tensordot(1.0 / betas, s, axes=1)),
                          total, fc)
-  return jax.tree.map(lambda t: (t / n).astype(dtype), total)
+  return done(jax.tree.map(lambda t: (t / n).astype(dtype), total), max_imag)
 
 
 def loss_grad_state(net, params: dict, u: dict, labels: jax.Array) -> dict:
@@ -276,7 +329,8 @@ def rbp_adjoint(net, params: dict, drive: dict, u1: dict, labels: jax.Array, *,
 
 
 def online_phase(net, params: dict, x: jax.Array, y: jax.Array, *, n_points: int, beta: float,
-                 t_free: int, t_nudge: int, skip_rounds: int = 0) -> tuple[dict, dict]:
+                 t_free: int, t_nudge: int, skip_rounds: int = 0,
+                 return_max_imag: bool = False) -> tuple:
   """Online hEP: q = ⌊T1/T2⌋ complex rounds from u = 0, no separate free phase.
 
   Round r runs T2 steps at β_r = βe^{2πir/N}, carrying the state over; with
@@ -284,8 +338,14 @@ def online_phase(net, params: dict, x: jax.Array, y: jax.Array, *, n_points: int
   v̂ = Re Σ_r σ(u_r)/β_r / q' over the rounds r ≥ ``skip_rounds`` (q' of them;
   0 is the reference, which keeps the round-0 transient).
 
+  With ``return_max_imag``, also m = max |Im u_t| over every step of every
+  round (skipped ones included: they set the later rounds' start), examples
+  and neurons; the trajectory stays in σ's analytic region iff
+  m < :data:`IMAG_BOUND`.
+
   Returns:
-    ``(ū, v̂)``, real, shaped like the state.
+    ``(ū, v̂)``, real, shaped like the state; ``(ū, v̂, m)`` with
+    ``return_max_imag``.
   """
   if not isinstance(n_points, int) or n_points < 2:
     raise ValueError(f"online hEP needs n_points >= 2, got {n_points!r}")
@@ -303,16 +363,20 @@ def online_phase(net, params: dict, x: jax.Array, y: jax.Array, *, n_points: int
   zero = jax.tree.map(jnp.zeros_like, u0)
 
   def body(r, carry):
-    u, su, sv = carry
+    u, su, sv, m = carry
     beta_r = (beta * jnp.exp(2j * jnp.pi * r / n_points)).astype(cdt)
-    u = run(net, params, cd, u, t_nudge, beta_r, cy)
+    if return_max_imag:
+      u, m_r = run_max_imag(net, params, cd, u, t_nudge, beta_r, cy)
+      m = jnp.maximum(m, m_r.astype(dtype))
+    else:
+      u = run(net, params, cd, u, t_nudge, beta_r, cy)
     keep = (r >= skip_rounds).astype(dtype)
     su = jax.tree.map(lambda s, a: s + keep * a, su, u)
     sv = jax.tree.map(lambda s, a: s + keep * a / beta_r, sv, activity(net, u))
-    return u, su, sv
+    return u, su, sv, m
 
-  _, su, sv = lax.fori_loop(0, q, body, (u0, zero, zero))
+  _, su, sv, m = lax.fori_loop(0, q, body, (u0, zero, zero, jnp.zeros((), dtype)))
   count = q - skip_rounds
   ubar = jax.tree.map(lambda s: (jnp.real(s) / count).astype(dtype), su)
   vhat = jax.tree.map(lambda s: (jnp.real(s) / count).astype(dtype), sv)
-  return ubar, vhat
+  return (ubar, vhat, m) if return_max_imag else (ubar, vhat)

@@ -21,7 +21,14 @@ readout, ``log10_residual`` = mean log10‖F(u1)‖, ``unsettled`` /
 ``unsettled_frac`` = examples with ‖F(u1)‖ > ``residual_threshold`` (so
 non-convergence is reported, not silent) and ``nonfinite`` = non-finite
 entries of the update (zeroed only with ``zero_nonfinite=True``, the
-reference code's behaviour).
+reference code's behaviour). The hEP rules (``ep``, ``hep``, ``hep_online``)
+also report ``max_abs_imag_u`` = max |Im u_t| over every step of the complex
+nudged phases (rounds), examples and neurons: the Cauchy estimate's
+O(|β|^N) bias bound needs f(β) = σ(u_{T2}(β)) holomorphic on the circle |β|,
+i.e. |Im u| below σ's nearest pole, :data:`jaxbio.recurrent.IMAG_BOUND`
+= π/4 for the MLP; it is 0 exactly when no phase is complex (N ≤ 2, whose
+nudges are real, and N = 0, forward mode); +inf if a trajectory became
+non-finite.
 
 Example::
 
@@ -153,7 +160,8 @@ def hep(net, *, n_points: int = 2, beta: float = 0.05, t_nudge: int = 20,
     n_points: N. 0: exact forward-mode dσ(u_{T2})/dβ (one JVP); 1: one-sided
       [f(β) − σ(u1)]/β; 2: [f(β) − f(−β)]/(2β); ≥ 3: Cauchy sum on the circle
       |β|, conjugate phases folded (bias O(|β|^N)).
-    beta: β (ignored for N = 0). For N ≥ 3 keep |Im u| < π/4 (MLP poles).
+    beta: β (ignored for N = 0). For N ≥ 3 keep |Im u| < π/4 (MLP poles;
+      reported as ``metrics["max_abs_imag_u"]``).
       The nudge is +β·c (the authors' sign), which pushes the output up the
       loss. A negative β is the other teaching sign (toward lower loss, as many EP
       papers nudge): the estimators divide by the signed β, so v is still
@@ -178,11 +186,12 @@ def hep(net, *, n_points: int = 2, beta: float = 0.05, t_nudge: int = 20,
     u1 = dynamics.free_phase(net, params, x, t_free=t_free)
     drive = net.field.drive(params, x)
     y = dynamics.one_hot(net, labels, x.dtype)
-    v = dynamics.neuronal_error(net, params, drive, u1, y, n_points=n_points, beta=beta,
-                                t_nudge=t_nudge, n1_reference=n1_reference,
-                                fold_conjugates=fold_conjugates)
+    v, max_imag = dynamics.neuronal_error(net, params, drive, u1, y, n_points=n_points,
+                                          beta=beta, t_nudge=t_nudge, n1_reference=n1_reference,
+                                          fold_conjugates=fold_conjugates, return_max_imag=True)
     grads, z = vector_field_grads(net, params, x, u1, v, labels)
-    metrics = _metrics(net, params, x, u1, z, labels, residual_threshold)
+    metrics = {**_metrics(net, params, x, u1, z, labels, residual_threshold),
+               "max_abs_imag_u": max_imag}
     grads, metrics = _finish(grads, metrics, zero_nonfinite)
     return RuleOutput(grads, rule_state, net_state, metrics, {"fixed_point": u1})
 
@@ -213,7 +222,8 @@ def hep_online(net, *, n_points: int = 4, beta: float = 0.5, t_free: int = 1200,
   for v; the update is (1/B) Σ (∂F/∂θ|_ū)ᵀ v̂ plus the readout gradient at ū.
   Reference settings: N = 4, β = 0.5, T1 = 1200, T2 = 60, ``skip_rounds=0``
   (round-0 transient included; ``skip_rounds=N`` drops the first period).
-  The metrics and ``aux["fixed_point"]`` refer to ū.
+  The metrics and ``aux["fixed_point"]`` refer to ū, except
+  ``max_abs_imag_u``: max |Im u| over every step of every round.
   """
   _check_common(net, t_free, residual_threshold)
   _check_int("n_points", n_points, 2)
@@ -229,10 +239,12 @@ def hep_online(net, *, n_points: int = 4, beta: float = 0.5, t_free: int = 1200,
     del key
     x, labels = _prepare(net, params, batch)
     y = dynamics.one_hot(net, labels, x.dtype)
-    ubar, vhat = dynamics.online_phase(net, params, x, y, n_points=n_points, beta=beta,
-                                       t_free=t_free, t_nudge=t_nudge, skip_rounds=skip_rounds)
+    ubar, vhat, max_imag = dynamics.online_phase(net, params, x, y, n_points=n_points,
+                                                 beta=beta, t_free=t_free, t_nudge=t_nudge,
+                                                 skip_rounds=skip_rounds, return_max_imag=True)
     grads, z = vector_field_grads(net, params, x, ubar, vhat, labels)
-    metrics = _metrics(net, params, x, ubar, z, labels, residual_threshold)
+    metrics = {**_metrics(net, params, x, ubar, z, labels, residual_threshold),
+               "max_abs_imag_u": max_imag}
     grads, metrics = _finish(grads, metrics, zero_nonfinite)
     return RuleOutput(grads, rule_state, net_state, metrics, {"fixed_point": ubar})
 

@@ -116,17 +116,23 @@ def error_alignment(net, params: dict, x: jax.Array, labels: jax.Array, *, n_poi
 
 
 def diagnostics(net, params: dict, x: jax.Array, labels: jax.Array, key: jax.Array, *,
-                exact_limit: int = 1024, jacobian_examples: int = 8) -> dict[str, jax.Array]:
+                n_points: int = 0, beta: float = 0.05, t_nudge: int = 20,
+                t_free: int | None = None, exact_limit: int = 1024,
+                jacobian_examples: int = 8) -> dict[str, jax.Array]:
   """The per-N-steps diagnostics of a convergent network, as a flat dict.
 
   ``jac_sym`` (exact for nets of at most ``exact_limit`` neurons, Hutchinson
   otherwise; on the first ``jacobian_examples`` examples), ``weight_angle``
   (degrees), ``log10_residual`` (mean log10 ‖F(u1)‖ of the free phase) and
-  ``error_cos/<layer>``: the cosine between the hEP neuronal error (N = 0)
-  and the RBP adjoint. The trainer calls this every ``alignment_every`` steps,
-  never inside the training step.
+  ``error_cos/<layer>``: the cosine between the hEP neuronal error v (the
+  N-point estimate with ``n_points``, ``beta`` and T2 = ``t_nudge``) and the
+  T2-step RBP adjoint δ, both at the free state u1 after T1 = ``t_free``
+  steps (default ``net.t_free``). Pass the run's own N, β and T2 (the trainer
+  does, through :func:`jaxbio.build.build_diagnostics`), so that cos(v, δ)
+  measures the v the rule trains with. The trainer calls this every
+  ``alignment_every`` steps, never inside the training step.
   """
-  u = dynamics.free_phase(net, params, x)
+  u = dynamics.free_phase(net, params, x, t_free=t_free)
   sub = lambda t: jax.tree.map(lambda a: a[:jacobian_examples], t)
   method = "exact" if net.num_neurons <= exact_limit else "hutchinson"
   out = {
@@ -135,6 +141,7 @@ def diagnostics(net, params: dict, x: jax.Array, labels: jax.Array, key: jax.Arr
       "weight_angle": weight_angle(net, params),
       "log10_residual": jnp.mean(jnp.log10(fixed_point_residual(net, params, x, u) + 1e-30)),
   }
-  for layer, cos in error_alignment(net, params, x, labels, u=u).items():
+  for layer, cos in error_alignment(net, params, x, labels, n_points=n_points, beta=beta,
+                                    t_nudge=t_nudge, u=u).items():
     out[f"error_cos/{layer}"] = cos
   return out

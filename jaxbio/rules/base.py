@@ -237,14 +237,24 @@ def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, ja
   return {"loss": cross_entropy(logits, labels), "accuracy": accuracy(logits, labels)}
 
 
+RULE_GRADS = "rule_grads"  # aux key: the wrapped rule's own updates (see with_penalty).
+
+
 def with_penalty(rule: LearningRule, penalty: Callable[..., jax.Array], weight: float,
                  name: str = "penalty") -> LearningRule:
   """Adds ``weight * grad(penalty)`` to a rule's updates.
 
+  The wrapped rule's update is g_total = g_rule + λ ∇_θ P(θ), with λ =
+  ``weight`` (for Jacobian homeostasis, Laborieux & Zenke, ICLR 2024: the
+  objective L_task + λ L_homeo, one optimiser step on g_total).
+
   ``penalty(params, batch, aux, key) -> scalar`` may use the rule's auxiliary
   outputs (e.g. a recurrent network's fixed point, held constant). The rule's
-  own updates and state are unchanged; the penalty value is logged as
-  ``metrics[name]``. This is how the launcher composes, for example, the
+  own state is unchanged; the penalty value is logged as ``metrics[name]``,
+  and the rule's own updates g_rule (without the penalty) are kept as
+  ``aux["rule_grads"]`` (:data:`RULE_GRADS`), so alignment metrics can compare
+  the learning rule itself with a reference; nested penalties keep the
+  innermost rule's. This is how the launcher composes, for example, the
   Jacobian-homeostasis loss with any rule on convergent recurrent networks.
   """
   if weight < 0:
@@ -255,8 +265,9 @@ def with_penalty(rule: LearningRule, penalty: Callable[..., jax.Array], weight: 
       key_rule, key_pen = jax.random.split(key)
       out = rule_update(params, net_state, rule_state, batch, key_rule)
       value, grads = jax.value_and_grad(penalty)(params, batch, out.aux, key_pen)
-      grads = jax.tree.map(lambda g, p: g + weight * p, out.grads, grads)
-      return out._replace(grads=grads, metrics={**out.metrics, name: value})
+      total = jax.tree.map(lambda g, p: g + weight * p, out.grads, grads)
+      aux = {**out.aux, RULE_GRADS: out.aux.get(RULE_GRADS, out.grads)}
+      return out._replace(grads=total, metrics={**out.metrics, name: value}, aux=aux)
     return update
 
   passes = tuple(p._replace(update=add_penalty(p.update)) if p.trains_params else p

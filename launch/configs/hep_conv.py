@@ -16,8 +16,14 @@ Common: softmax pooling, activation (SiLU(z) - SiLU(z - 2))/2, angle 0,
 T1 = 250 (free phase in float16), T2 = 40, batch 256; SGD momentum 0.9, coupled
 weight decay 1e-4 (biases included), cosine decay to 0, per-connection
 learning-rate multipliers (25, 15, 10, 8, 5 for readout) and a 2x decay on the
-readout; random flip and 4-px pad-crop, x/255 standardised with 1.5x the
-dataset std.
+readout; random flip and 4-px pad-crop (on raw pixels), then (x/255 - mean)/std.
+
+Normalisation constants, as in the authors' code (not the datasets' own
+statistics): CIFAR-10 and CIFAR-100 both use mean (0.4914, 0.4822, 0.4465) and
+std 1.5 x (0.2023, 0.1994, 0.2010) (CIFAR-10's values, for CIFAR-100 too);
+ImageNet 32x32 uses mean (0.485, 0.456, 0.406) and std 1.5 x (0.229, 0.224,
+0.225). They are set as ``dataset.mean``, ``dataset.std`` and
+``dataset.std_multiplier = 1.5`` (the trainer divides by std_multiplier x std).
 """
 
 from ml_collections import config_dict
@@ -25,6 +31,11 @@ from ml_collections import config_dict
 from launch.configs import common
 
 DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet32": "imagenet_resized/32x32"}
+# (mean, std) per channel in [0, 1] pixel units, before the 1.5x std multiplier:
+# the authors' code uses CIFAR-10's for CIFAR-100 as well.
+_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+STATS = {"cifar10": _CIFAR10_STATS, "cifar100": _CIFAR10_STATS,
+         "imagenet32": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 EXPERIMENTS = ("table2_n0", "table2_n2", "table2_bp", "table2_bp_nohomeo", "fig4", "imagenet")
 
 LR_MULTIPLIERS = {"in-conv1": 25.0, "conv1-conv2": 15.0, "conv2-conv1": 15.0,
@@ -45,7 +56,8 @@ def get_config(arg: str = "cifar10,table2_n0"):
     raise ValueError(f"unknown experiment {experiment!r}; valid choices: {', '.join(EXPERIMENTS)}")
   c = common.base_config()
   c.dataset.update(dict(name=DATASETS[dataset], normalize="standardize", augment="crop_flip",
-                        crop_padding=4, std_multiplier=1.5,
+                        crop_padding=4, mean=STATS[dataset][0], std=STATS[dataset][1],
+                        std_multiplier=1.5,
                         test_split="validation" if dataset == "imagenet32" else "test"))
   c.batch_size = 256
   c.eval_batch_size = 1000
