@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import inspect
 import math
 from typing import Any, Callable, NamedTuple, Sequence
@@ -202,15 +203,22 @@ def _dependency_probe(name: str, hits: set) -> Callable:
   return probe
 
 
-def _layers_needing_feedback(run_probed: Callable[[Any, set], Any], params) -> set:
-  """Paths of the weight layers whose input depends on ``params`` (abstract trace, no compute)."""
+def _layers_needing_feedback(run_probed: Callable[[Any, Any, set], Any], params,
+                             net_state) -> set:
+  """Paths of the weight layers whose input depends on ``params`` (abstract trace, no compute).
+
+  ``run_probed(params, net_state, hits)`` runs the model with every weight
+  layer's input passed through :func:`_dependency_probe`; a forward-mode
+  derivative with respect to the parameters only (the input held fixed)
+  gives a non-zero tangent exactly at the inputs that depend on them.
+  """
   hits: set = set()
 
-  def f(p):
+  def f(p, s):
     tangents = jax.tree.map(jnp.ones_like, p)
-    return jax.jvp(lambda q: run_probed(q, hits), (p,), (tangents,))
+    return jax.jvp(lambda q: run_probed(q, s, hits), (p,), (tangents,))
 
-  jax.eval_shape(f, params)
+  jax.eval_shape(f, params, net_state)
   return hits
 
 
@@ -227,6 +235,20 @@ def _find_owner(param_path: tuple, module_paths) -> tuple:
     if len(mp) > len(best) and param_path[:len(mp)] == mp:
       best = mp
   return best
+
+
+def _reported_owner(owner: tuple, modules: dict) -> tuple:
+  """The layer to name for an unsupported parameter of ``owner``.
+
+  The outermost Flax library layer above it (``attn`` for the query
+  projection inside an ``nnx.MultiHeadAttention`` at ``attn``), else
+  ``owner`` itself (your own module).
+  """
+  for i in range(len(owner) + 1):
+    m = modules.get(owner[:i])
+    if m is not None and type(m).__module__.startswith("flax."):
+      return owner[:i]
+  return owner
 
 
 def _stock_class(obj, classes) -> type | None:
@@ -283,13 +305,24 @@ def _tree_of(flat) -> dict:
   return out
 
 
-def _state_of(template, tree) -> nnx.State:
-  """A fresh NNX state with ``template``'s variable types and metadata and ``tree``'s values."""
+def _key_impls(flat) -> dict:
+  """``{path: PRNG impl}`` of a flat state's typed-key variables (concrete or traced)."""
+  return {tuple(path): jax.random.key_impl(var.get_value()) for path, var in flat
+          if _is_typed_key(var.get_value())}
+
+
+def _state_of(template, tree, impls) -> nnx.State:
+  """A fresh NNX state with ``template``'s variable types and metadata and ``tree``'s values.
+
+  Fresh variables, created in the current trace, so the merged model can
+  update its batch statistics inside ``jit`` or ``grad``, and the caller's
+  state is never mutated. Typed keys come back from their key data.
+  """
   items = []
   for path, var in template:
     v = _get(tree, tuple(str(k) for k in path))
-    if _is_typed_key(var.get_value()):
-      v = jax.random.wrap_key_data(v, impl=jax.random.key_impl(var.get_value()))
+    if tuple(path) in impls:
+      v = jax.random.wrap_key_data(v, impl=impls[tuple(path)])
     items.append((path, var.replace(v)))
   return nnx.from_flat_state(items)
 
@@ -311,12 +344,22 @@ class NNXNetwork:
   def __init__(self, model, input_shape: Sequence[int], num_outputs: int | None = None):
     if isinstance(model, nnx.Module):
       self._factory = None
+      self._impls = _key_impls(_flat(nnx.state(model)))
     elif callable(model):
-      self._factory = model
-      model = model(nnx.Rngs(0))
-      if not isinstance(model, nnx.Module):
-        raise TypeError(f"from_nnx: the factory returned a {type(model).__name__}, not an "
-                        "nnx.Module")
+      factory, impls = model, {}
+
+      def build():  # abstract: no weights are computed here
+        m = factory(nnx.Rngs(0))
+        if not isinstance(m, nnx.Module):
+          raise TypeError(f"from_nnx: the factory returned a {type(m).__name__}, not an "
+                          "nnx.Module")
+        impls.update(_key_impls(_flat(nnx.state(m))))
+        return m
+
+      model = nnx.eval_shape(build)
+      self._impls = impls
+      # One compiled call draws all the weights (not one compile per initialiser).
+      self._factory = jax.jit(lambda key: self._trees(factory(nnx.Rngs(key))))
     else:
       raise TypeError(f"from_nnx takes an nnx.Module or a factory rngs -> nnx.Module, got "
                       f"{type(model).__name__}")
@@ -333,12 +376,14 @@ class NNXNetwork:
     self.unsupported: list[tuple[str, str]] = []
     for ppath, var in self._params_template:
       owner = _find_owner(tuple(ppath), owners)
-      m = owners[owner]
+      m = owners.get(owner)
       name = _path_str(owner)
-      c = _stock_class(m, tuple(_NNX_WEIGHT) + _NNX_NORMS)
+      c = None if m is None else _stock_class(m, tuple(_NNX_WEIGHT) + _NNX_NORMS)
       if c is None:
-        if (name, type(m).__name__) not in self.unsupported:
-          self.unsupported.append((name, type(m).__name__))
+        at = _reported_owner(owner, owners)
+        entry = (_path_str(at), type(owners[at]).__name__ if at in owners else self.model_class)
+        if entry not in self.unsupported:
+          self.unsupported.append(entry)
       elif c in _NNX_WEIGHT and ppath[-1] == "kernel":
         self.layers[name] = WeightLayer(name, type(m).__name__, _NNX_WEIGHT[c],
                                         tuple(str(k) for k in ppath),
@@ -352,11 +397,11 @@ class NNXNetwork:
       raise ValueError(f"num_outputs={num_outputs}, but the model returns {inferred} outputs")
     self.num_outputs = inferred
 
-    def probed(p, hits):
-      return self._run(p, state0, jnp.zeros((1,) + self.input_shape), train=False,
+    def probed(p, s, hits):
+      return self._run(p, s, jnp.zeros((1,) + self.input_shape), train=False,
                        install=lambda mod, path: self._install_probe(mod, path, hits))[0]
 
-    needs = _layers_needing_feedback(probed, params0)
+    needs = _layers_needing_feedback(probed, params0, state0)
     self.layers = {k: l._replace(needs_feedback=k in needs) for k, l in self.layers.items()}
 
   # -- the network interface ------------------------------------------------
@@ -370,7 +415,11 @@ class NNXNetwork:
     """
     if self._factory is None:
       return self._init_trees
-    _, params, rest = nnx.split(self._factory(nnx.Rngs(key)), nnx.Param, ...)
+    return self._factory(key)
+
+  @staticmethod
+  def _trees(model):
+    _, params, rest = nnx.split(model, nnx.Param, ...)
     return _tree_of(_flat(params)), _tree_of(_flat(rest))
 
   def apply(self, params, net_state, x, *, train: bool = False,
@@ -406,8 +455,8 @@ class NNXNetwork:
   # -- internals ---------------------------------------------------------------
 
   def _run(self, params, net_state, x, *, train, install=None):
-    model = nnx.merge(self._graphdef, _state_of(self._params_template, params),
-                      _state_of(self._rest_template, net_state))
+    model = nnx.merge(self._graphdef, _state_of(self._params_template, params, self._impls),
+                      _state_of(self._rest_template, net_state, self._impls))
     if train:
       model.train()
     else:
@@ -540,50 +589,60 @@ class LinenNetwork:
     with nn.intercept_methods(record):
       variables = jax.eval_shape(self.init, jax.random.key(0))
     params_shape, state_shape = variables
+    owners = {p: m for p, m in seen.items() if not isinstance(m, nn.Sequential)}
 
     self.layers: dict[str, WeightLayer] = {}
     self.unsupported: list[tuple[str, str]] = []
     for kpath, leaf in jax.tree_util.tree_flatten_with_path(params_shape)[0]:
       ppath = tuple(str(k.key) for k in kpath)
-      owner = _find_owner(ppath, seen)
-      m = seen.get(owner)
+      owner = _find_owner(ppath, owners)
+      m = owners.get(owner)
       name = _path_str(owner)
       c = None if m is None else _stock_class(m, tuple(_LINEN_WEIGHT) + _LINEN_NORMS)
-      cls = type(m).__name__ if m is not None else self.model_class
       if c is None:
-        if (name, cls) not in self.unsupported:
-          self.unsupported.append((name, cls))
+        at = _reported_owner(owner, owners)
+        entry = (_path_str(at), type(owners[at]).__name__ if at in owners else self.model_class)
+        if entry not in self.unsupported:
+          self.unsupported.append(entry)
       elif c in _LINEN_WEIGHT and ppath[-1] == "kernel":
-        self.layers[name] = WeightLayer(name, cls, _LINEN_WEIGHT[c], ppath,
+        self.layers[name] = WeightLayer(name, type(m).__name__, _LINEN_WEIGHT[c], ppath,
                                         tuple(leaf.shape), False)
 
     out = jax.eval_shape(lambda p, s: self.apply(p, s, jnp.zeros((1,) + self.input_shape))[0],
                          params_shape, state_shape)
     self.num_outputs = _check_output(f"the Linen module {self.model_class}", out.shape)
 
-    def probed(p, hits):
+    def probed(p, s, hits):
       def probe_layer(next_fun, args, kwargs, context):
         name = _path_str(context.module.path)
         if context.method_name == "__call__" and name in self.layers and not _BYPASS.get():
           args = (_dependency_probe(name, hits)(args[0]),) + tuple(args[1:])
         return next_fun(*args, **kwargs)
-      state = jax.tree.map(jnp.zeros_like, state_shape)
       with nn.intercept_methods(probe_layer):
-        return self.apply(p, state, jnp.zeros((1,) + self.input_shape))[0]
+        return self.apply(p, s, jnp.zeros((1,) + self.input_shape))[0]
 
-    needs = _layers_needing_feedback(probed, jax.tree.map(jnp.zeros_like, params_shape))
+    needs = _layers_needing_feedback(probed, params_shape, state_shape)
     self.layers = {k: l._replace(needs_feedback=k in needs) for k, l in self.layers.items()}
 
   def _kwargs(self, train):
     return {} if self.train_kwarg is None else {self.train_kwarg: train}
 
   def init(self, key: jax.Array):
-    """``(params, net_state)``: ``module.init`` with ``{"params": key}`` on one example."""
-    variables = self.module.init({"params": key}, jnp.zeros((1,) + self.input_shape),
-                                 **self._kwargs(False))
-    variables = _plain(nn.unbox(variables))
-    params = variables.pop("params", {})
-    return params, variables
+    """``(params, net_state)``: ``module.init`` with ``{"params": key}`` on one example.
+
+    One compiled call (not one compile per initialiser).
+    """
+    return self._init(key)
+
+  @functools.cached_property
+  def _init(self):
+    def init(key):
+      variables = self.module.init({"params": key}, jnp.zeros((1,) + self.input_shape),
+                                   **self._kwargs(False))
+      variables = _plain(nn.unbox(variables))
+      params = variables.pop("params", {})
+      return params, variables
+    return jax.jit(init)
 
   def apply(self, params, net_state, x, *, train: bool = False,
             feedback: dict[str, Any] | None = None):
@@ -729,6 +788,7 @@ def feedback_alignment(net, *, feedback_scale: float = 1.0,
   check_supported(net, "fa")
   fb_layers = _feedback_layers(net)
 
+  @jax.jit  # one compiled call for all the draws
   def init(key, params):
     dtypes = {p: _get(params, l.kernel_path).dtype for p, l in fb_layers.items()}
     keys = jax.random.split(key, max(len(fb_layers), 1))
@@ -767,6 +827,7 @@ def kolen_pollack(net, *, weight_decay: float = 0.0, feedback_scale: float = 1.0
   """
   if not 0 <= weight_decay < 1:
     raise ValueError(f"kolen_pollack weight_decay must be in [0, 1), got {weight_decay}")
+  check_supported(net, "kp")
   fa = feedback_alignment(net, feedback_scale=feedback_scale, feedback_init=feedback_init)
   fb_layers = _feedback_layers(net)
 
