@@ -273,9 +273,30 @@ def _check_input(net, x) -> None:
                      f"{', '.join(map(str, net.input_shape))})")
 
 
-def _glorot_for(kind: str, shape: tuple[int, ...]):
-  batch = tuple(range(len(shape) - 2)) if kind == "local" else ()
-  return jax.nn.initializers.glorot_uniform(in_axis=-2, out_axis=-1, batch_axis=batch)
+def _glorot_limit(kind: str, shape: tuple[int, ...]) -> float:
+  """Glorot uniform's bound ``sqrt(6 / (fan_in + fan_out))`` for a kernel of ``kind``.
+
+  Fans: dense ``(n_in, n_out)``; conv ``(..., C_in, C_out)`` times the
+  receptive field; local ``(*locations, patch, C_out)`` per location (as
+  :func:`jaxbio.nets.layers.initializer` for jaxbio's own layers).
+  """
+  receptive = 1 if kind == "local" else math.prod(shape[:-2])
+  return (6.0 / (receptive * (shape[-2] + shape[-1]))) ** 0.5
+
+
+def _glorot_draws(key, layers_: dict[str, "WeightLayer"], dtypes: dict) -> dict:
+  """Glorot-uniform kernels for ``layers_`` from one uniform draw (one RNG kernel to compile)."""
+  if not layers_:
+    return {}
+  sizes = [math.prod(l.kernel_shape) for l in layers_.values()]
+  dtype = functools.reduce(jnp.promote_types, dtypes.values())
+  u = jax.random.uniform(key, (sum(sizes),), dtype, -1.0, 1.0)
+  out, start = {}, 0
+  for (path, layer), size in zip(layers_.items(), sizes):
+    flat = u[start:start + size] * _glorot_limit(layer.kind, layer.kernel_shape)
+    out[path] = flat.reshape(layer.kernel_shape).astype(dtypes[path])
+    start += size
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -791,12 +812,13 @@ def feedback_alignment(net, *, feedback_scale: float = 1.0,
   @jax.jit  # one compiled call for all the draws
   def init(key, params):
     dtypes = {p: _get(params, l.kernel_path).dtype for p, l in fb_layers.items()}
-    keys = jax.random.split(key, max(len(fb_layers), 1))
-    fb = {}
-    for k, (path, layer) in zip(keys, fb_layers.items()):
-      draw = feedback_init or _glorot_for(layer.kind, layer.kernel_shape)
-      fb[path] = Feedback(feedback_scale * draw(k, layer.kernel_shape, dtypes[path]))
-    return FlaxFeedbackState(fb)
+    if feedback_init is None:
+      draws = _glorot_draws(key, fb_layers, dtypes)
+    else:
+      keys = jax.random.split(key, max(len(fb_layers), 1))
+      draws = {path: feedback_init(k, layer.kernel_shape, dtypes[path])
+               for k, (path, layer) in zip(keys, fb_layers.items())}
+    return FlaxFeedbackState({path: Feedback(feedback_scale * b) for path, b in draws.items()})
 
   def update(params, net_state, rule_state, batch, key):
     del key
