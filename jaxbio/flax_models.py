@@ -50,6 +50,15 @@ model with one error naming that layer (backprop takes any model). DFA (and
 the other rules that need every hidden layer's activity) needs jaxbio's
 layered networks.
 
+For a trainer, an adapter is a drop-in for a jaxbio network: build it with
+``from_nnx(factory, input_shape)`` (a factory ``rngs -> Module``, so that
+``init(key)`` draws new weights for every seed) or ``from_linen(module,
+example_batch)``, the rule with ``rule(name, net, **hyper)``, then use
+``net.init``, ``net.apply(..., train=False)`` for evaluation, and the rule's
+``init``/``update``/``after_step``/``feedback`` exactly as for jaxbio's own
+networks; ``rule.references`` is backprop on the same model (alignment
+metrics), and ``rule.evaluate`` is None (softmax cross-entropy).
+
 Example::
 
     >>> import jax, jax.numpy as jnp, optax
@@ -703,8 +712,10 @@ class LinenNetwork:
     if (context.method_name != "__call__" or _BYPASS.get() or name not in self.layers
         or not mod.has_variable(FEEDBACK_COLLECTION, "kernel")):
       return next_fun(*args, **kwargs)
-    if len(args) != 1 or kwargs:
-      return next_fun(*args, **kwargs)
+    if len(args) != 1 or kwargs:  # Dense, Conv and ConvLocal take one input only
+      raise ValueError(f"layer '{name}' ({type(mod).__name__}) was called with "
+                       f"{len(args)} positional and {len(kwargs)} keyword arguments; "
+                       "feedback needs the stock one-input call")
     b = mod.get_variable(FEEDBACK_COLLECTION, "kernel")
     return _linen_layer_with_feedback(mod, b, args[0], name)
 
@@ -739,8 +750,6 @@ def from_linen(module: nn.Module, example_input, *,
 
 # ---------------------------------------------------------------------------
 # Rules.
-
-FlaxNetwork = NNXNetwork | LinenNetwork
 
 
 def _check_net(net) -> None:
