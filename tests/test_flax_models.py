@@ -261,6 +261,33 @@ def test_kolen_pollack_gap_shrinks_by_one_minus_decay_and_feedback_never_reads_w
                                rtol=1e-6, atol=1e-8)
 
 
+@pytest.fixture(scope="module")
+def attention():
+  """An NNX model with attention (and an nnx.Rngs, so a PRNG key in its state), with bp."""
+  net = fm.from_nnx(Attention, (5, 4))
+  return net, jax.jit(fm.rule("bp", net).update)
+
+
+def test_params_state_and_feedback_round_trip_through_a_checkpoint(tmp_path, attention):
+  from jaxbio.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  net, bp_update = attention
+  params, net_state = net.init(jax.random.key(0))
+  kp_net = fm.from_nnx(MLP, (5,))
+  kp_params, _ = kp_net.init(jax.random.key(1))
+  rule_state = fm.rule("kp", kp_net).init(jax.random.key(2), kp_params)
+  state = {"params": params, "net_state": net_state, "rule_state": rule_state}
+  with Checkpointer(str(tmp_path), keep=1) as ckpt:
+    ckpt.save(1, state, {}, force=True)
+    ckpt.wait()
+    restored, _, step = ckpt.restore_latest(jax.eval_shape(lambda: state))
+  assert step == 1
+  _close(restored, state, 0)
+  assert isinstance(restored["rule_state"].feedback["layers/1"], fm.Feedback)
+  out = bp_update(restored["params"], restored["net_state"], None, _batch((5, 4), classes=3),
+                  None)
+  assert np.isfinite(float(out.metrics["loss"]))
+
+
 def test_sign_symmetry_feedback_is_scaled_sign_of_the_current_weights():
   net = fm.from_nnx(MLP, (5,))
   params, state = net.init(jax.random.key(0))
@@ -366,8 +393,8 @@ class LinenCustom(nn.Module):
     return jnp.tanh(nn.Dense(7)(x)) @ w
 
 
-def test_layers_without_feedback_support_are_one_line_errors_naming_the_layer():
-  cases = [(fm.from_nnx(Attention, (5, 4)), "'attn' (MultiHeadAttention)"),
+def test_layers_without_feedback_support_are_one_line_errors_naming_the_layer(attention):
+  cases = [(attention[0], "'attn' (MultiHeadAttention)"),
            (fm.from_nnx(Custom, (5,)), "'mine' (MyDense)"),
            (fm.from_linen(LinenCustom(), jnp.zeros((1, 5))), "'<root>' (LinenCustom)")]
   for name in ("fa", "kp", "sign_symmetry"):
@@ -379,9 +406,9 @@ def test_layers_without_feedback_support_are_one_line_errors_naming_the_layer():
       assert msg.startswith(f"layer {layer} has weights rule '{name}' cannot give feedback "
                             "to; supported layers: "), msg
   # Backprop takes any model.
-  net = cases[0][0]
+  net, bp_update = attention
   params, state = net.init(jax.random.key(0))
-  out = jax.jit(fm.rule("bp", net).update)(params, state, None, _batch((5, 4), classes=3), None)
+  out = bp_update(params, state, None, _batch((5, 4), classes=3), None)
   assert set(out.grads) == {"attn", "embed", "out"}
 
 
