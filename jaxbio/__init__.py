@@ -9,8 +9,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("build", "checkpoint", "data", "distributed", "log", "metrics", "nets", "optim",
-               "plot", "recurrent", "rules", "train", "workdir")
+_SUBMODULES = ("build", "checkpoint", "data", "distributed", "flax_models", "log", "metrics",
+               "nets", "optim", "plot", "recurrent", "rules", "train", "workdir")
 __all__ = ["metrics", "nets", "recurrent", "rules", "__version__"]
 
 
