@@ -38,11 +38,52 @@ def build_network(model_cfg, input_shape, num_classes: int):
   if arch in ("convnet", "lcnet"):
     return _call_checked(f"model {arch!r}", _convnet, input_shape, num_classes,
                          local=arch == "lcnet", **kwargs)
+  if arch == "flax":
+    return _flax_model(input_shape, num_classes, **kwargs)
   if arch in RECURRENT_ARCHS:
     from jaxbio import recurrent  # pylint: disable=g-import-not-at-top
     return _call_checked(f"model {arch!r}", recurrent.make_network, arch, input_shape,
                          num_classes, **kwargs)
   raise ValueError(f"unknown model.arch {arch!r}; valid choices: {', '.join(ARCHS)}")
+
+
+def _flax_model(input_shape, num_classes, *, module: str = "", kwargs: str = "{}",
+                api: str = "auto"):
+  """A user's Flax model: ``module`` is ``"package.module:callable"``.
+
+  ``kwargs`` is a JSON object of the callable's keyword arguments. An NNX
+  module class (or a callable taking ``rngs``) is called with them and
+  ``rngs=nnx.Rngs(key)`` at every ``init``, so each seed draws new weights; a
+  Linen module class is instantiated with them. ``api`` (auto, nnx, linen)
+  forces one reading.
+  """
+  import importlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxbio import flax_models  # pylint: disable=g-import-not-at-top
+  if ":" not in module:
+    raise ValueError(f"model.module must be 'package.module:callable' naming a Flax model, got "
+                     f"{module!r}")
+  if api not in ("auto", "nnx", "linen"):
+    raise ValueError(f"unknown model.api {api!r}; valid choices: auto, nnx, linen")
+  name, _, attr = module.partition(":")
+  try:
+    target = getattr(importlib.import_module(name), attr)
+  except (ImportError, AttributeError) as e:
+    raise ValueError(f"cannot import model.module {module!r}: {e}") from None
+  try:
+    kw = json.loads(kwargs)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"model.kwargs must be a JSON object, got {kwargs!r} ({e.msg})") from None
+  linen = api == "linen" or (api == "auto" and isinstance(target, type)
+                             and issubclass(target, nn.Module))
+  if linen:
+    return flax_models.from_linen(target(**kw), jnp.zeros((1, *input_shape), jnp.float32))
+  del nnx
+  return flax_models.from_nnx(lambda rngs: target(**kw, rngs=rngs), input_shape,
+                              num_outputs=num_classes)
 
 
 def _mlp(input_shape, num_classes, *, widths=(256,), activation="tanh",
@@ -84,7 +125,11 @@ def build_rule(rule_cfg, net, total_steps: int = 1) -> rules.LearningRule:
 
 def family_of(net) -> registry.Family:
   """The registry family of a built network."""
-  return registry.FAMILIES["feedforward" if isinstance(net, nets.Network) else "recurrent"]
+  if isinstance(net, nets.Network):
+    return registry.FAMILIES["feedforward"]
+  if type(net).__module__ == "jaxbio.flax_models":
+    return registry.FAMILIES["flax"]
+  return registry.FAMILIES["recurrent"]
 
 
 def build_references(rule: rules.LearningRule, net, rule_cfg=None) -> tuple[rules.LearningRule, ...]:
@@ -118,6 +163,13 @@ def _run_settings(rule_cfg) -> dict[str, Any]:
   if d.get("name") == "ep":
     out["n_points"] = 2 if d.get("symmetric") else 1
   return out
+
+
+def flax_backprop_reference(net, rule_cfg=None) -> rules.LearningRule:
+  """Backprop on softmax cross-entropy through a user's Flax model."""
+  del rule_cfg
+  from jaxbio import flax_models  # pylint: disable=g-import-not-at-top
+  return flax_models.backprop(net)
 
 
 def backprop_reference(net, rule_cfg=None) -> rules.LearningRule:

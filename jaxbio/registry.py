@@ -65,9 +65,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("recurrent", ("hep_mlp", "hep_loop_mlp", "hep_cnn"),
            reference="jaxbio.build:rbp_reference", diagnostics="jaxbio.build:recurrent_diagnostics",
            penalties=("homeostasis",)),
+    # A user's own Flax (NNX or Linen) model, named by model.module (jaxbio.flax_models).
+    Family("flax", ("flax",), reference="jaxbio.build:flax_backprop_reference"),
 )}
 
-RULE_ENTRIES: dict[str, RuleEntry] = {}
+# Rules by (family, name): one name (e.g. "fa") may train several families.
+RULE_ENTRIES: dict[tuple[str, str], RuleEntry] = {}
 
 
 def register_rule(entry: RuleEntry) -> RuleEntry:
@@ -75,8 +78,13 @@ def register_rule(entry: RuleEntry) -> RuleEntry:
   if entry.family not in FAMILIES:
     raise ValueError(f"unknown family {entry.family!r} for rule {entry.name!r}; valid choices: "
                      f"{', '.join(FAMILIES)}")
-  RULE_ENTRIES[entry.name] = entry
+  RULE_ENTRIES[(entry.family, entry.name)] = entry
   return entry
+
+
+def rule_names() -> tuple[str, ...]:
+  """Every registered rule name, in registration order."""
+  return tuple(dict.fromkeys(name for _, name in RULE_ENTRIES))
 
 
 for _entry in (
@@ -90,6 +98,10 @@ for _entry in (
     RuleEntry("hep_online", "recurrent", "jaxbio.recurrent.hep:hep_online"),
     RuleEntry("rbp", "recurrent", "jaxbio.recurrent.hep:rbp"),
     RuleEntry("bptt", "recurrent", "jaxbio.recurrent.hep:bptt"),
+    RuleEntry("bp", "flax", "jaxbio.flax_models:backprop"),
+    RuleEntry("fa", "flax", "jaxbio.flax_models:feedback_alignment"),
+    RuleEntry("kp", "flax", "jaxbio.flax_models:kolen_pollack"),
+    RuleEntry("sign_symmetry", "flax", "jaxbio.flax_models:sign_symmetry"),
 ):
   register_rule(_entry)
 
@@ -100,7 +112,7 @@ ARCHS = FEEDFORWARD_ARCHS + RECURRENT_ARCHS
 
 def rules_of(family: str) -> tuple[str, ...]:
   """The registered rule names that train ``family``."""
-  return tuple(n for n, e in RULE_ENTRIES.items() if e.family == family)
+  return tuple(name for fam, name in RULE_ENTRIES if fam == family)
 
 
 def family_of_arch(arch: str) -> Family:
@@ -214,14 +226,17 @@ def check_names(arch: str, rule: str) -> None:
 
 def check_rule(rule: str, family: str) -> RuleEntry:
   """The registry entry of ``rule``; one-line errors if unknown or not for ``family``."""
-  if rule not in RULE_ENTRIES:
-    raise ValueError(f"unknown rule.name {rule!r}; valid choices: {', '.join(RULE_ENTRIES)}")
-  entry = RULE_ENTRIES[rule]
-  if entry.family != family:
-    archs, rules = ", ".join(FAMILIES[entry.family].archs), ", ".join(rules_of(family))
-    if entry.family == "feedforward":
-      raise ValueError(f"rule {rule!r} trains feedforward networks ({archs}); for a recurrent "
-                       f"network use one of: {rules}")
+  if (family, rule) in RULE_ENTRIES:
+    return RULE_ENTRIES[(family, rule)]
+  if rule not in rule_names():
+    raise ValueError(f"unknown rule.name {rule!r}; valid choices: {', '.join(rule_names())}")
+  other = next(fam for fam, name in RULE_ENTRIES if name == rule)
+  archs, rules = ", ".join(FAMILIES[other].archs), ", ".join(rules_of(family))
+  if other == "feedforward" and family == "recurrent":
+    raise ValueError(f"rule {rule!r} trains feedforward networks ({archs}); for a recurrent "
+                     f"network use one of: {rules}")
+  if other == "recurrent":
     raise ValueError(f"rule {rule!r} needs a convergent recurrent network ({archs}); for a "
                      f"{family} network use one of: {rules}")
-  return entry
+  raise ValueError(f"rule {rule!r} needs jaxbio's layered networks ({archs}): it uses every "
+                   f"layer's activity; for a {family} network use one of: {rules}")

@@ -6,8 +6,10 @@
 
 Experiment files: ``launch/configs/bartunov.py`` (BP and the feedback-alignment
 family, Bartunov et al. 2018), ``launch/configs/hep_fmnist.py`` and
-``launch/configs/hep_conv.py`` (holomorphic EP, Laborieux & Zenke 2024); the
-argument after ``:`` is documented at the top of each file. Any config field
+``launch/configs/hep_conv.py`` (holomorphic EP, Laborieux & Zenke 2024),
+``launch/configs/flax_model.py`` (your own Flax model, named by
+``--config.model.module=package.module:Callable``); the argument after ``:``
+is documented at the top of each file. Any config field
 can be overridden with ``--config.<field>=<value>``. Bad configs exit
 non-zero with one line naming the bad value and the valid choices. The same
 command on the same ``--workdir`` resumes a run; Ctrl-C or SIGTERM saves the
@@ -23,7 +25,7 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file and argument, e.g. "
-    "launch/configs/bartunov.py:mnist,fc,fa (also hep_fmnist.py, hep_conv.py).",
+    "launch/configs/bartunov.py:mnist,fc,fa (also hep_fmnist.py, hep_conv.py, flax_model.py).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, TensorBoard and "
                                "checkpoints; an existing run there is resumed.")

@@ -230,3 +230,35 @@ def test_training_loss_and_steps_per_s_go_to_tensorboard_every_log_every_steps(t
   assert epoch_points == [4, 8, 12]
   events = os.listdir(tmp_path / "w" / "tensorboard")
   assert any(f.startswith("events.out.tfevents") for f in events)
+
+
+@needs_data
+def test_the_launcher_trains_a_users_own_flax_model(tmp_path):
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  config = os.path.join(REPO, "launch", "configs", "flax_model.py")
+  cmd = [sys.executable, "-m", "launch.main", "--workdir=runs/flax", f"--config={config}:mnist,fa",
+         "--config.model.module=flax_example_models:SmallCNN", '--config.model.kwargs={"features": 4}',
+         f"--config.dataset.data_dir={os.path.relpath(SHARED, cwd)}",
+         "--config.dataset.train_split=train[:3200]", "--config.dataset.test_split=test[:1000]",
+         "--config.num_epochs=2", "--config.batch_size=32", "--config.alignment_every=50"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+  proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r1, r2 = _records(cwd / "runs" / "flax" / "metrics.jsonl")
+  assert r2["test/error_pct"] < 35.0  # 200 FA steps of a 4-channel CNN on real digits.
+  for path in ("feedback_angle/head",):  # named by the layer's module path.
+    assert 0.0 < r2[f"align/{path}"] < 90.0
+  assert 0.0 <= r2["align/update_angle/all"] < 90.0
+  base = [sys.executable, "-m", "launch.main", "--workdir=runs/other", f"--config={config}:mnist,fa"]
+  bad = subprocess.run(base + ["--config.model.module=flax_example_models:Nope"], cwd=cwd,
+                       env=env, capture_output=True, text=True, timeout=TIMEOUT)
+  assert bad.returncode == 1
+  assert bad.stderr.strip().splitlines()[-1].startswith(
+      "jaxbio: error: cannot import model.module 'flax_example_models:Nope'")
+  dfa = subprocess.run(base + ["--config.rule.name=dfa",
+                               "--config.model.module=flax_example_models:SmallCNN"],
+                       cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+  assert dfa.returncode == 1
+  assert "rule 'dfa' needs jaxbio's layered networks" in dfa.stderr.strip().splitlines()[-1]

@@ -305,5 +305,6 @@ def test_registry_names_match_the_factories():
   assert registry.rules_of("feedforward") == tuple(rules.FEEDFORWARD_RULES)
   assert set(registry.rules_of("recurrent")) == set(recurrent.RULES)
   for name, factory in {**rules.FEEDFORWARD_RULES, **recurrent.RULES}.items():
-    assert registry.resolve(registry.RULE_ENTRIES[name].factory) is factory
+    family = "feedforward" if name in rules.FEEDFORWARD_RULES else "recurrent"
+    assert registry.resolve(registry.RULE_ENTRIES[(family, name)].factory) is factory
   assert set(registry.RECURRENT_ARCHS) == set(recurrent.ARCHS)
