@@ -110,10 +110,10 @@ def test_docstring_examples_run_as_doctests():
 
 
 def test_readme_compare_rules_command_runs_every_feedforward_rule():
-  from benchmarks import accuracy  # pylint: disable=g-import-not-at-top
+  from benchmarks import suites  # pylint: disable=g-import-not-at-top
   from jaxbio import registry  # pylint: disable=g-import-not-at-top
   match = re.search(r"python -m benchmarks.accuracy --suite=(\w+)", README)
   assert match, "the README's compare-rules command"
-  suite = accuracy.SUITES[match.group(1)]
+  suite = suites.SUITES[match.group(1)]
   rules = {arg.split(",")[2] for _, module, arg, _ in suite if module == "bartunov"}
   assert rules == set(registry.rules_of("feedforward"))

@@ -1,0 +1,28 @@
+"""The accuracy suites: (label, config module, config argument, paper figure or None) each."""
+
+SUITES = {
+    # Bartunov et al. 2018, Table 1(a): best test error within 500 epochs.
+    "bartunov_mnist_fc": [
+        ("BP", "bartunov", "mnist,fc,bp", "1.48"),
+        ("FA", "bartunov", "mnist,fc,fa", "1.85"),
+        ("DFA", "bartunov", "mnist,fc,dfa", "2.75"),
+    ],
+    # Every feedforward rule on Bartunov et al.'s MNIST MLP (784-256x5-10, tanh,
+    # Adam at the Table 5 settings; KP and sign-symmetry, not in the paper, use FA's).
+    "compare_mnist_fc": [
+        ("BP", "bartunov", "mnist,fc,bp", "1.48"),
+        ("FA", "bartunov", "mnist,fc,fa", "1.85"),
+        ("DFA", "bartunov", "mnist,fc,dfa", "2.75"),
+        ("KP", "bartunov", "mnist,fc,kp", None),
+        ("sign-symmetry", "bartunov", "mnist,fc,sign_symmetry", None),
+    ],
+    # Laborieux & Zenke 2024, Fashion-MNIST MLP; the paper's Table 1 and
+    # Fig. 4 numbers were not available (only the abstract could be read, and
+    # no secondary source quotes them), so none is quoted.
+    "hep_fmnist": [
+        ("hEP N=2 beta=0.05, angle 0", "hep_fmnist", "table1,2,0.05", None),
+        ("hEP N=4 beta=0.5, angle 0", "hep_fmnist", "table1,4,0.5", None),
+        ("hEP N=0, angle 90, no homeostasis", "hep_fmnist", "fig4_reciprocal,0", None),
+        ("hEP N=0, angle 90, homeostasis 1.0", "hep_fmnist", "fig4_reciprocal,1.0", None),
+    ],
+}
