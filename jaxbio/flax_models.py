@@ -98,8 +98,8 @@ from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 
 from jaxbio.nets import layers
-from jaxbio.rules.base import (EmptyState, LearningRule, RuleOutput, check_batch,
-                               classification_metrics, cross_entropy)
+from jaxbio.rules import feedback as rule_feedback
+from jaxbio.rules.base import EmptyState, LearningRule, RuleOutput
 
 FLAX_RULES = ("bp", "fa", "kp", "sign_symmetry")
 """The rules that take any Flax model."""
@@ -569,22 +569,9 @@ def _linen_layer_with_feedback(mod: nn.Module, feedback: jax.Array, x: jax.Array
     raise ValueError(f"feedback for layer '{path}' has shape {tuple(feedback.shape)}, but its "
                      f"kernel has shape {tuple(params['kernel'].shape)}")
 
-  @jax.custom_vjp
-  def f(p, b, xx):
-    return layer(p, xx)
-
-  def fwd(p, b, xx):
-    return layer(p, xx), (p, b, xx)
-
-  def bwd(res, g):
-    p, b, xx = res
-    _, vjp_p = jax.vjp(lambda q: layer(q, xx), p)
-    fb_params = dict(p, kernel=b.astype(p["kernel"].dtype))
-    _, vjp_x = jax.vjp(lambda v: layer(fb_params, v), xx)
-    return vjp_p(g)[0], jnp.zeros_like(b), vjp_x(g)[0]
-
-  f.defvjp(fwd, bwd)
-  return f(params, feedback, x)
+  # The layer's own computation, its input cotangent through the feedback kernel.
+  f = layers.feedback_linear(layer)
+  return f(params, dict(params, kernel=feedback.astype(params["kernel"].dtype)), x)
 
 
 class LinenNetwork:
@@ -771,15 +758,7 @@ def _feedback_layers(net) -> dict[str, WeightLayer]:
   return {k: l for k, l in net.layers.items() if l.needs_feedback}
 
 
-def _loss_and_grads(net, params, net_state, batch, feedback=None):
-  check_batch(net, batch)
-
-  def loss_fn(p):
-    logits, new_state = net.apply(p, net_state, batch["image"], train=True, feedback=feedback)
-    return cross_entropy(logits, batch["label"]), (logits, new_state)
-
-  (_, (logits, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  return grads, new_state, classification_metrics(logits, batch["label"])
+_loss_and_grads = rule_feedback.loss_and_grads
 
 
 def _pairs(net, params, feedback: dict) -> dict:

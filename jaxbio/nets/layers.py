@@ -175,6 +175,8 @@ def feedback_linear(op: Callable[[jax.Array, jax.Array], jax.Array]):
   cotangent is ``B g`` with ``B = feedback`` read as ``W``'s transpose, so
   ``feedback == kernel`` is exactly backprop. The feedback kernel gets a zero
   cotangent: feedback weights are learned by rules, never by autodiff.
+  ``kernel`` and ``feedback`` may also be pytrees of the same structure (e.g. a
+  layer's whole parameter dict, with the feedback kernel in the kernel's place).
   """
 
   @jax.custom_vjp
@@ -188,7 +190,7 @@ def feedback_linear(op: Callable[[jax.Array, jax.Array], jax.Array]):
     kernel, feedback, x = res
     _, vjp_kernel = jax.vjp(lambda k: op(k, x), kernel)
     _, vjp_x = jax.vjp(lambda xx: op(feedback, xx), x)
-    return vjp_kernel(g)[0], jnp.zeros_like(feedback), vjp_x(g)[0]
+    return vjp_kernel(g)[0], jax.tree.map(jnp.zeros_like, feedback), vjp_x(g)[0]
 
   f.defvjp(fwd, bwd)
   return f

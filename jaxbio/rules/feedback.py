@@ -43,7 +43,8 @@ class FeedbackState(NamedTuple):
   feedback: tuple
 
 
-def _loss_and_grads(net: Network, params, net_state, batch, feedback=None):
+def loss_and_grads(net, params, net_state, batch, feedback=None):
+  """Grads, new net state and metrics of the mean cross-entropy, with optional feedback kernels."""
   check_batch(net, batch)
 
   def loss_fn(p):
@@ -64,7 +65,7 @@ def backprop(net: Network) -> LearningRule:
 
   def update(params, net_state, rule_state, batch, key):
     del key
-    grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch)
+    grads, new_state, metrics = loss_and_grads(net, params, net_state, batch)
     return RuleOutput(grads, rule_state, new_state, metrics)
 
   return LearningRule("bp", lambda key, params: EmptyState(), update)
@@ -97,7 +98,7 @@ def feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> Learning
 
   def update(params, net_state, rule_state, batch, key):
     del key
-    grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch,
+    grads, new_state, metrics = loss_and_grads(net, params, net_state, batch,
                                                 rule_state.feedback)
     return RuleOutput(grads, rule_state, new_state, metrics)
 
@@ -172,7 +173,7 @@ def sign_symmetry(net: Network, *, scale: str = "mean_abs") -> LearningRule:
 
   def update(params, net_state, rule_state, batch, key):
     del key
-    grads, new_state, metrics = _loss_and_grads(net, params, net_state, batch,
+    grads, new_state, metrics = loss_and_grads(net, params, net_state, batch,
                                                 feedback_of(params))
     return RuleOutput(grads, rule_state, new_state, metrics)
 
