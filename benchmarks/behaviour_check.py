@@ -69,6 +69,9 @@ _SUITE = flags.DEFINE_enum("suite", "default", ["default", "full"], "'default': 
 _CASES = flags.DEFINE_multi_string("cases", None, "Shell-style patterns on case names "
                                    "(repeatable, or space-separated), chosen from all cases; "
                                    "default: those of --suite.")
+_NEW_LEAVES = flags.DEFINE_list("allow_new_leaves", [], "With --compare: state leaves that may "
+                                 "exist only in B (bookkeeping the change added, e.g. "
+                                 "phase_epoch); every other leaf must match bitwise.")
 _LIST = flags.DEFINE_bool("list", False, "Print the case names and their overrides, then exit.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data/tfds",
                                 "TFDS data directory with mnist and fashion_mnist (relative "
@@ -462,7 +465,8 @@ def _diff_metrics(a: list[dict], b: list[dict], what: str) -> str | None:
 
 def _diff_state(a: list[dict], b: list[dict], what: str) -> str | None:
   la, lb = {x["path"]: x for x in a}, {x["path"]: x for x in b}
-  only_a, only_b = [p for p in la if p not in lb], [p for p in lb if p not in la]
+  only_a = [p for p in la if p not in lb]
+  only_b = [p for p in lb if p not in la and p not in _NEW_LEAVES.value]
   if only_a or only_b:
     return (f"{what}: leaves differ: only in A {only_a[:3]}{' ...' if len(only_a) > 3 else ''}, "
             f"only in B {only_b[:3]}{' ...' if len(only_b) > 3 else ''}")
