@@ -127,7 +127,7 @@ def test_one_run_per_workdir_and_ctrl_c_saves(tmp_path):
       holder.kill()
   assert holder.returncode == 130, err[-3000:]
   saved = _steps(work)[-1]
-  assert saved > 80 and saved % 1000 != 0
+  assert saved > 80  # past the first epoch: saved by the Ctrl-C, which named it below.
   assert err.strip().splitlines()[-1] == (
       f"jaxbio: interrupted (Ctrl-C): saved step {saved} to runs/busy/checkpoints; run the same "
       "command to resume")

@@ -172,13 +172,20 @@ def key_rule(net):
   return rules.LearningRule("test_key", init, update, after_step=after_step)
 
 
-for _name, _factory, _opts in (("test_two_pass", "two_pass_rule", ()),
-                               ("test_phased", "phased_rule", ()),
-                               ("test_own_optimizer", "own_optimizer_rule", ("state_optimizer",)),
-                               ("test_mse", "mse_rule", ()),
-                               ("test_key", "key_rule", ())):
-  registry.register_rule(registry.RuleEntry(_name, "feedforward", f"{__name__}:{_factory}",
-                                            optimizers=_opts))
+@pytest.fixture(autouse=True, scope="module")
+def _registered_test_rules():
+  """Registers this file's rules by name for its tests only (the registry is global)."""
+  entries = [registry.register_rule(registry.RuleEntry(name, "feedforward",
+                                                       f"{__name__}:{factory}", optimizers=opts))
+             for name, factory, opts in (
+                 ("test_two_pass", "two_pass_rule", ()),
+                 ("test_phased", "phased_rule", ()),
+                 ("test_own_optimizer", "own_optimizer_rule", ("state_optimizer",)),
+                 ("test_mse", "mse_rule", ()),
+                 ("test_key", "key_rule", ()))]
+  yield
+  for entry in entries:
+    del registry.RULE_ENTRIES[(entry.family, entry.name)]
 
 
 # ---------------------------------------------------------------------------

@@ -34,15 +34,24 @@ CASES += [
 ]
 
 
-def test_one_and_eight_devices_agree():
+# One case per network family and mechanism for the default suite; every case in
+# the slow one (CI runs both).
+QUICK = ("fa", "bp_conv_bn", "hep_n0_homeostasis", "hep_n2")
+
+
+@pytest.mark.parametrize("names", [
+    pytest.param(QUICK, id="quick"),
+    pytest.param(tuple(c[0] for c in CASES), id="all", marks=pytest.mark.slow)])
+def test_one_and_eight_devices_agree(names):
+  cases = [c for c in CASES if c[0] in names]
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "parallel_check.py"),
-                         json.dumps(CASES)], cwd=REPO, env=env, capture_output=True, text=True,
+                         json.dumps(cases)], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
   results = json.loads(line[len("RESULT "):])
-  assert set(results) == {c[0] for c in CASES}
+  assert set(results) == set(names)
   for name, rel_diff in results.items():
     assert rel_diff < 1e-5, (name, rel_diff)
 
@@ -54,7 +63,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("placement", ["device", "host"])
+@pytest.mark.parametrize("placement", ["device", pytest.param("host", marks=pytest.mark.slow)])
 def test_two_processes_train_like_one(tmp_path, placement):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
