@@ -33,6 +33,7 @@ def _small(config):
   return config
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 @pytest.mark.skipif(SHARED is None, reason="../shared/data/tfds (real MNIST) not present")
 def test_launcher_runs_end_to_end_on_real_mnist(tmp_path):
   proc = _launch(tmp_path, "--config=launch/configs/bartunov.py:mnist,fc,fa",
@@ -190,6 +191,7 @@ def test_train_chunk_compiles_once_for_every_chunk_length():
   assert chunk._cache_size() == 1
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 @pytest.mark.skipif(SHARED is None, reason="../shared/data/tfds (real Fashion-MNIST) not present")
 def test_hep_with_homeostasis_through_the_launcher(tmp_path):
   proc = _launch(tmp_path, "--config=launch/configs/hep_fmnist.py:fig4_reciprocal,1.0,runlocal",
@@ -207,6 +209,7 @@ def test_hep_with_homeostasis_through_the_launcher(tmp_path):
   assert record["align/update_angle/readout.kernel"] < 0.1
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_hep_cnn_on_mock_cifar(tmp_path):
   from launch.configs import hep_conv  # pylint: disable=g-import-not-at-top
   config = hep_conv.get_config("cifar10,table2_n2,runlocal")

@@ -50,6 +50,7 @@ def _steps(workdir):
   return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path):
   ref = subprocess.run(_cmd(tmp_path / "ref"), cwd=REPO, env=_env(), capture_output=True,
                        text=True, timeout=1200)
