@@ -268,6 +268,39 @@ def _stock_class(obj, classes) -> type | None:
   return None
 
 
+def _classify_params(params: list[tuple[tuple[str, ...], tuple[int, ...]]], owners: dict,
+                     weight_classes: dict, norm_classes: tuple, model_class: str
+                     ) -> tuple[dict[str, "WeightLayer"], list[tuple[str, str]]]:
+  """The supported weight layers and the unsupported owners of a model's parameters.
+
+  Args:
+    params: ``(path, shape)`` of every parameter (path keys as the owners' are).
+    owners: module path -> module, for the modules that can own parameters.
+    weight_classes: stock weight-layer class -> its primitive's name.
+    norm_classes: stock normalisation classes (trained by their local gradient).
+    model_class: the model's class name, for parameters owned by the model itself.
+
+  Returns:
+    ``({layer path: WeightLayer}, [(owner path, class name), ...])``.
+  """
+  layers: dict[str, WeightLayer] = {}
+  unsupported: list[tuple[str, str]] = []
+  for ppath, shape in params:
+    owner = _find_owner(ppath, owners)
+    m = owners.get(owner)
+    name = _path_str(owner)
+    c = None if m is None else _stock_class(m, tuple(weight_classes) + norm_classes)
+    if c is None:
+      at = _reported_owner(owner, owners)
+      entry = (_path_str(at), type(owners[at]).__name__ if at in owners else model_class)
+      if entry not in unsupported:
+        unsupported.append(entry)
+    elif c in weight_classes and ppath[-1] == "kernel":
+      layers[name] = WeightLayer(name, type(m).__name__, weight_classes[c],
+                                 tuple(str(k) for k in ppath), shape, False)
+  return layers, unsupported
+
+
 def _check_output(what: str, shape) -> int:
   if len(shape) != 2:
     raise ValueError(f"{what} returns outputs of shape {tuple(shape)} for a batch of 1; "
@@ -402,22 +435,9 @@ class NNXNetwork:
     # Which module owns every parameter; the supported weight layers.
     modules = {tuple(p): m for p, m in nnx.iter_modules(model)}
     owners = {p: m for p, m in modules.items() if not isinstance(m, _NNX_CONTAINERS)}
-    self.layers: dict[str, WeightLayer] = {}
-    self.unsupported: list[tuple[str, str]] = []
-    for ppath, var in self._params_template:
-      owner = _find_owner(tuple(ppath), owners)
-      m = owners.get(owner)
-      name = _path_str(owner)
-      c = None if m is None else _stock_class(m, tuple(_NNX_WEIGHT) + _NNX_NORMS)
-      if c is None:
-        at = _reported_owner(owner, owners)
-        entry = (_path_str(at), type(owners[at]).__name__ if at in owners else self.model_class)
-        if entry not in self.unsupported:
-          self.unsupported.append(entry)
-      elif c in _NNX_WEIGHT and ppath[-1] == "kernel":
-        self.layers[name] = WeightLayer(name, type(m).__name__, _NNX_WEIGHT[c],
-                                        tuple(str(k) for k in ppath),
-                                        tuple(var.get_value().shape), False)
+    self.layers, self.unsupported = _classify_params(
+        [(tuple(ppath), tuple(var.get_value().shape)) for ppath, var in self._params_template],
+        owners, _NNX_WEIGHT, _NNX_NORMS, self.model_class)
 
     params0, state0 = self._init_trees
     out = jax.eval_shape(lambda p, s: self.apply(p, s, jnp.zeros((1,) + self.input_shape))[0],
@@ -608,22 +628,10 @@ class LinenNetwork:
     params_shape, state_shape = variables
     owners = {p: m for p, m in seen.items() if not isinstance(m, nn.Sequential)}
 
-    self.layers: dict[str, WeightLayer] = {}
-    self.unsupported: list[tuple[str, str]] = []
-    for kpath, leaf in jax.tree_util.tree_flatten_with_path(params_shape)[0]:
-      ppath = tuple(str(k.key) for k in kpath)
-      owner = _find_owner(ppath, owners)
-      m = owners.get(owner)
-      name = _path_str(owner)
-      c = None if m is None else _stock_class(m, tuple(_LINEN_WEIGHT) + _LINEN_NORMS)
-      if c is None:
-        at = _reported_owner(owner, owners)
-        entry = (_path_str(at), type(owners[at]).__name__ if at in owners else self.model_class)
-        if entry not in self.unsupported:
-          self.unsupported.append(entry)
-      elif c in _LINEN_WEIGHT and ppath[-1] == "kernel":
-        self.layers[name] = WeightLayer(name, type(m).__name__, _LINEN_WEIGHT[c], ppath,
-                                        tuple(leaf.shape), False)
+    self.layers, self.unsupported = _classify_params(
+        [(tuple(str(k.key) for k in kpath), tuple(leaf.shape))
+         for kpath, leaf in jax.tree_util.tree_flatten_with_path(params_shape)[0]],
+        owners, _LINEN_WEIGHT, _LINEN_NORMS, self.model_class)
 
     out = jax.eval_shape(lambda p, s: self.apply(p, s, jnp.zeros((1,) + self.input_shape))[0],
                          params_shape, state_shape)
