@@ -17,14 +17,19 @@ class ChunkRunner:
   """The trainer's compiled chunk (``steps_per_call`` steps) on random data of the real shape.
 
   ``runner()`` runs one call and blocks until it is done; ``runner.state`` is
-  the current train state.
+  the current train state. ``trace_seconds`` and ``compile_seconds`` are the
+  times taken to trace and lower the chunk and to compile it (XLA).
+  ``edit(exp)``, if given, returns the experiment to time in place of the
+  one the config builds.
   """
 
-  def __init__(self, config, image_shape, devices=None, seed: int = 0):
+  def __init__(self, config, image_shape, devices=None, seed: int = 0, edit=None):
     devices = devices or jax.devices()
     self.steps = config.steps_per_call
     n = config.batch_size * self.steps
     self.exp = train.build_experiment(config, n)
+    if edit is not None:
+      self.exp = edit(self.exp)
     mesh = train.make_mesh(devices)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self._chunk = train.make_train_chunk(self.exp, config, mesh)
@@ -35,9 +40,15 @@ class ChunkRunner:
                   put(np.arange(n, dtype=np.int32).reshape(self.steps, -1)),
                   put(np.int32(self.steps)), put(np.float32(np.nan)))
     self.state = jax.jit(lambda: train.init_state(self.exp, seed), out_shardings=rep)()
+    t = time.perf_counter()
+    lowered = self._chunk.lower(self.state, *self._args)
+    self.trace_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    self._compiled = lowered.compile()
+    self.compile_seconds = time.perf_counter() - t
 
   def __call__(self) -> None:
-    out = self._chunk(self.state, *self._args)
+    out = self._compiled(self.state, *self._args)
     self.state = out.state
     jax.block_until_ready(out.sums)
     assert int(out.bad) == 0, "non-finite values in the benchmark run"

@@ -186,10 +186,14 @@ def test_locally_connected_tied_kernel_is_convolution():
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
   conv_k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
   for stride in (1, 2):
-    y_conv = nets.layers.conv_op(conv_k, x, stride=stride)
+    conv = nets.sequential((9, 9, 3), [dict(kind="conv", features=4, kernel_size=3,
+                                            stride=stride)])
+    y_conv = conv.blocks[0].op(conv_k, x)
     out_hw = y_conv.shape[1:3]
     local_k = nets.layers.tie_local_kernel(conv_k, out_hw)
-    y_local = nets.layers.local_op(local_k, x, kernel_size=3, stride=stride)
+    local = nets.sequential((9, 9, 3), [dict(kind="local", features=4, kernel_size=3,
+                                             stride=stride)])
+    y_local = local.blocks[0].op(local_k, x)
     np.testing.assert_allclose(y_local, y_conv, rtol=1e-5, atol=1e-5)
 
 

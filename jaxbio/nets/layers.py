@@ -1,33 +1,29 @@
-"""Linear operators, activations, pooling and initialisers for jaxbio networks.
+"""Activations, initialisers and the feedback and transpose mechanisms of jaxbio networks.
 
-Every weight layer in jaxbio is a *linear operator* ``op(kernel, x)``: linear in
-``x`` for fixed ``kernel`` and linear in ``kernel`` for fixed ``x``. Bias,
-normalisation, nonlinearity and pooling are applied afterwards by the block that
-owns the operator (see :mod:`jaxbio.nets.sequential`). Keeping the operator
-separate is what lets one mechanism, :func:`feedback_linear`, replace the
-backward pass of any weight layer (dense, convolutional or locally connected)
-with a separate feedback kernel.
+Every weight layer of a jaxbio network is a Flax layer (see
+:mod:`jaxbio.nets.sequential`) used as a *linear operator* ``op(kernel, x)``:
+linear in ``x`` for fixed ``kernel`` and linear in ``kernel`` for fixed ``x``.
+Bias, normalisation, nonlinearity and pooling are applied afterwards by the
+block that owns the operator. Keeping the operator separate is what lets one
+mechanism, :func:`feedback_linear`, replace the backward pass of any weight
+layer (dense, convolutional or locally connected) with a separate feedback
+kernel, and one function, :func:`transpose_op`, apply any layer's transpose.
 
-Layouts (batch first, channels last):
+Layouts (batch first, channels last, as Flax's):
 
 * dense: ``x`` is ``(B, n_in)``, kernel ``(n_in, n_out)``; ``y = x @ kernel``.
 * conv: ``x`` is ``(B, H, W, C)``, kernel ``(kh, kw, C_in, C_out)`` (HWIO).
 * local (locally connected, a convolution without weight sharing): kernel
-  ``(H_out, W_out, C_in * kh * kw, C_out)``: one kernel per output location.
-  The patch features are ordered ``(c, kh, kw)``, as returned by
-  :func:`jax.lax.conv_general_dilated_patches`.
+  ``(H_out, W_out, C_in * kh * kw, C_out)``: one kernel per output location,
+  the patch features ordered ``(c, kh, kw)`` (Flax's ``nn.ConvLocal``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-
-_DIMS = ("NHWC", "HWIO", "NHWC")
 
 # ---------------------------------------------------------------------------
 # Activations.
@@ -91,29 +87,7 @@ def initializer(name: str, kind: str, gain: float = 1.0):
 
 
 # ---------------------------------------------------------------------------
-# Linear operators.
-
-
-def dense_op(kernel: jax.Array, x: jax.Array) -> jax.Array:
-  return x @ kernel
-
-
-def _pad_arg(padding):
-  return padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
-
-
-def conv_op(kernel: jax.Array, x: jax.Array, *, stride: int = 1,
-            padding: str | Sequence = "SAME") -> jax.Array:
-  return lax.conv_general_dilated(x, kernel, (stride, stride), _pad_arg(padding),
-                                  dimension_numbers=_DIMS)
-
-
-def local_op(kernel: jax.Array, x: jax.Array, *, kernel_size: int, stride: int = 1,
-             padding: str | Sequence = "SAME") -> jax.Array:
-  patches = lax.conv_general_dilated_patches(
-      x, (kernel_size, kernel_size), (stride, stride), _pad_arg(padding),
-      dimension_numbers=_DIMS)
-  return jnp.einsum("bhwk,hwko->bhwo", patches, kernel)
+# Transposes and geometry.
 
 
 def transpose_op(op: Callable[[jax.Array, jax.Array], jax.Array], kernel: jax.Array,
@@ -127,8 +101,7 @@ def transpose_op(op: Callable[[jax.Array, jax.Array], jax.Array], kernel: jax.Ar
   <x, transpose_op(op, kernel, y, x.shape[1:])>`` for all ``x``, ``y``.
 
   Args:
-    op: a linear operator of this module (``dense_op``, ``conv_op``,
-      ``local_op``, with its geometry bound, as in a block's ``op``).
+    op: a linear operator ``op(kernel, x)``, such as a block's ``op``.
     kernel: its kernel; ``y`` can be a feedback kernel's input instead, for a
       feedback pathway with the forward layer's geometry.
     y: ``(B, *out_shape)`` output-space batch.
@@ -194,50 +167,3 @@ def feedback_linear(op: Callable[[jax.Array, jax.Array], jax.Array]):
 
   f.defvjp(fwd, bwd)
   return f
-
-
-# ---------------------------------------------------------------------------
-# Pooling and normalisation.
-
-
-def max_pool(x: jax.Array, window: int, stride: int, padding: str = "VALID") -> jax.Array:
-  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1),
-                           (1, stride, stride, 1), padding)
-
-
-def avg_pool(x: jax.Array, window: int, stride: int, padding: str = "VALID") -> jax.Array:
-  summed = lax.reduce_window(x, 0.0, lax.add, (1, window, window, 1),
-                             (1, stride, stride, 1), padding)
-  return summed / (window * window)
-
-
-POOLS = {"max": max_pool, "avg": avg_pool}
-
-
-def batch_norm(x: jax.Array, scale: jax.Array, offset: jax.Array, mean: jax.Array,
-               var: jax.Array, *, train: bool, momentum: float = 0.9,
-               eps: float = 1e-5):
-  """Batch normalisation over all axes but the last.
-
-  Returns ``(y, new_mean, new_var)``; in eval mode the running statistics are
-  used and returned unchanged.
-  """
-  if train:
-    axes = tuple(range(x.ndim - 1))
-    batch_mean = jnp.mean(x, axes)
-    batch_var = jnp.var(x, axes)
-    new_mean = momentum * mean + (1 - momentum) * lax.stop_gradient(batch_mean)
-    new_var = momentum * var + (1 - momentum) * lax.stop_gradient(batch_var)
-    mu, v = batch_mean, batch_var
-  else:
-    new_mean, new_var, mu, v = mean, var, mean, var
-  y = (x - mu) * lax.rsqrt(v + eps) * scale + offset
-  return y, new_mean, new_var
-
-
-def fan_in(kind: str, kernel_shape: Sequence[int]) -> int:
-  if kind == "dense":
-    return kernel_shape[0]
-  if kind == "conv":
-    return math.prod(kernel_shape[:3])
-  return kernel_shape[2]

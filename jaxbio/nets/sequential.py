@@ -1,15 +1,27 @@
-"""Feedforward networks as stacks of blocks, with pure ``init``/``apply``.
+"""Feedforward networks as stacks of Flax layers, with pure ``init``/``apply``.
 
-A :class:`Block` is one weight layer (a linear operator from
-:mod:`jaxbio.nets.layers`: dense, conv or locally connected), plus bias, then a
-sequence of post-operations (activation, batch norm, pooling) in a stated order.
+A :class:`Block` is one weight layer, a Flax Linen layer without its bias
+(``nn.Dense``, ``nn.Conv`` or, for a locally connected layer, ``nn.ConvLocal``),
+whose call is the block's linear operator ``op(kernel, x)``; then the bias;
+then a sequence of post-operations in a stated order: an activation, Flax's
+``nn.BatchNorm``, or Flax's ``nn.max_pool`` / ``nn.avg_pool``. The bias is the
+block's own so that the operator stays linear: feedback alignment replaces its
+backward pass (:func:`jaxbio.nets.layers.feedback_linear`) and target
+propagation applies its transpose (:meth:`Block.transpose`).
 Learning rules see a network as this stack: feedback alignment swaps the
 backward operator of each weight layer, DFA injects a signal at each block
 output, target propagation sets targets for block outputs, and so on.
 
 Parameters are a tuple with one dict per block (``kernel``, ``bias`` and, with
-batch norm, ``bn_scale``/``bn_offset``); network state (batch-norm running
-statistics) is a tuple of dicts too. Both are plain pytrees.
+batch norm, ``bn_scale``/``bn_offset``, the Flax batch norm's ``scale`` and
+``bias``); network state (batch-norm running statistics ``bn_mean``/``bn_var``)
+is a tuple of dicts too. Both are plain pytrees, so any optax optimiser and
+jaxbio's checkpoints take them as they are. Linen layers (rather than NNX
+ones) because a Linen layer is a stateless description applied to explicit
+variables, which is exactly the pure ``init``/``apply`` the learning rules
+and ``jax.jit`` want, and because Linen has the locally connected layer
+(``nn.ConvLocal``, a convolution without weight sharing, with one bias per
+output location) that NNX lacks.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -35,7 +48,10 @@ class Block(NamedTuple):
 
   Attributes:
     kind: ``"dense"``, ``"conv"`` or ``"local"``.
-    op: the linear operator ``op(kernel, x)``.
+    layer: the Flax layer (``nn.Dense``, ``nn.Conv``, ``nn.ConvLocal``, all
+      with ``use_bias=False``) whose call is ``op``.
+    norm: the block's ``nn.BatchNorm``, or ``None``.
+    op: the linear operator ``op(kernel, x)``: ``layer`` applied with that kernel.
     feedback_op: ``op`` with the feedback-weight backward pass
       (:func:`jaxbio.nets.layers.feedback_linear`).
     in_shape: per-example input shape (after flattening for dense blocks).
@@ -47,6 +63,8 @@ class Block(NamedTuple):
     flatten: whether the input is flattened before a dense layer.
   """
   kind: str
+  layer: nn.Module
+  norm: nn.Module | None
   op: Callable[[jax.Array, jax.Array], jax.Array]
   feedback_op: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
   in_shape: tuple[int, ...]
@@ -64,6 +82,11 @@ class Block(NamedTuple):
     for a dense block). See :func:`jaxbio.nets.layers.transpose_op`.
     """
     return layers.transpose_op(self.op, kernel, y, self.in_shape)
+
+  def apply(self, params: dict, state: dict, x: jax.Array, *, train: bool,
+            feedback: jax.Array | None = None):
+    """This block on a batch: ``(h, new_state)`` (see :func:`block_apply`)."""
+    return block_apply(self, params, state, x, train=train, feedback=feedback)
 
 
 def _parse_post(op: str):
@@ -111,12 +134,28 @@ def block_apply(block: Block, params: dict, state: dict, x: jax.Array, *,
     if spec[0] == "act":
       h = layers.get_activation(spec[1])(h)
     elif spec[0] == "bn":
-      h, new_state["bn_mean"], new_state["bn_var"] = layers.batch_norm(
-          h, params["bn_scale"], params["bn_offset"], state["bn_mean"], state["bn_var"],
-          train=train)
+      h, new_state["bn_mean"], new_state["bn_var"] = _batch_norm(
+          block.norm, params, state, h, train)
     else:
-      h = layers.POOLS[spec[1]](h, spec[2], spec[3])
+      pool = nn.max_pool if spec[1] == "max" else nn.avg_pool
+      h = pool(h, (spec[2], spec[2]), strides=(spec[3], spec[3]), padding="VALID")
   return h, new_state
+
+
+def _batch_norm(norm: nn.Module, params: dict, state: dict, h: jax.Array, train: bool):
+  """Flax batch norm on the block's variables; returns ``(y, new_mean, new_var)``."""
+  variables = {"params": {"scale": params["bn_scale"], "bias": params["bn_offset"]},
+               "batch_stats": {"mean": state["bn_mean"], "var": state["bn_var"]}}
+  if not train:
+    return norm.apply(variables, h, use_running_average=True), state["bn_mean"], state["bn_var"]
+  y, updated = norm.apply(variables, h, use_running_average=False, mutable=["batch_stats"])
+  stats = jax.lax.stop_gradient(updated["batch_stats"])
+  return y, stats["mean"], stats["var"]
+
+
+def _linear(layer: nn.Module, kernel: jax.Array, x: jax.Array) -> jax.Array:
+  """The Flax layer's call with ``kernel``: the block's linear operator."""
+  return layer.apply({"params": {"kernel": kernel}}, x)
 
 
 class Network(NamedTuple):
@@ -211,19 +250,20 @@ def _bn_channels(block: Block) -> int:
 def _make_block(kind: str, in_shape: tuple[int, ...], *, features: int, kernel_size: int = 1,
                 stride: int = 1, padding: str = "SAME", bias: bool = True,
                 post: Sequence[str] = (), kernel_init: str = "glorot_uniform",
-                init_gain: float = 1.0) -> Block:
+                init_gain: float = 1.0, dtype: str = "float32") -> Block:
   post = tuple(post)
   for op in post:
     _parse_post(op)
   if not (isinstance(features, int) and features > 0):
     raise ValueError(f"layer width must be a positive integer, got {features!r}")
   flatten = False
+  init = layers.initializer(kernel_init, kind, init_gain)
   if kind == "dense":
     n_in = math.prod(in_shape)
     flatten = len(in_shape) != 1
     kernel_shape = (n_in, features)
     bias_shape = (features,)
-    op = layers.dense_op
+    layer = nn.Dense(features, use_bias=False, kernel_init=init, param_dtype=jnp.dtype(dtype))
     lin_shape = (features,)
     in_shape = (n_in,)
   elif kind in ("conv", "local"):
@@ -239,21 +279,28 @@ def _make_block(kind: str, in_shape: tuple[int, ...], *, features: int, kernel_s
       raise ValueError(f"{kind} layer with kernel {kernel_size}, stride {stride}, padding "
                        f"{padding} does not fit a {h}x{w} input")
     lin_shape = (oh, ow, features)
+    geometry = dict(kernel_size=(kernel_size, kernel_size), strides=(stride, stride),
+                    padding=padding if isinstance(padding, str)
+                    else tuple(tuple(p) for p in padding),
+                    use_bias=False, kernel_init=init, param_dtype=jnp.dtype(dtype))
     if kind == "conv":
       kernel_shape = (kernel_size, kernel_size, c, features)
       bias_shape = (features,)
-      op = functools.partial(layers.conv_op, stride=stride, padding=padding)
+      layer = nn.Conv(features, **geometry)
     else:
+      # Kernel (H_out, W_out, C_in * kh * kw, C_out), patch features ordered (c, kh, kw).
       kernel_shape = (oh, ow, c * kernel_size * kernel_size, features)
       bias_shape = (oh, ow, features)  # untied biases, one per location.
-      op = functools.partial(layers.local_op, kernel_size=kernel_size, stride=stride,
-                             padding=padding)
+      layer = nn.ConvLocal(features, **geometry)
   else:
     raise ValueError(f"unknown layer kind {kind!r}; valid choices: dense, conv, local")
-  return Block(kind=kind, op=op, feedback_op=layers.feedback_linear(op), in_shape=in_shape,
-               out_shape=_post_shape(lin_shape, post), kernel_shape=kernel_shape,
-               bias_shape=bias_shape if bias else None, post=post,
-               kernel_init=layers.initializer(kernel_init, kind, init_gain), flatten=flatten)
+  norm = (nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False, param_dtype=jnp.dtype(dtype))
+          if "bn" in post else None)
+  op = functools.partial(_linear, layer)
+  return Block(kind=kind, layer=layer, norm=norm, op=op, feedback_op=layers.feedback_linear(op),
+               in_shape=in_shape, out_shape=_post_shape(lin_shape, post),
+               kernel_shape=kernel_shape, bias_shape=bias_shape if bias else None, post=post,
+               kernel_init=init, flatten=flatten)
 
 
 DTYPES = ("float32", "float64")
@@ -285,7 +332,7 @@ def sequential(input_shape: Sequence[int], layer_specs: Sequence[dict[str, Any]]
   for spec in layer_specs:
     spec = dict(spec)
     kind = spec.pop("kind")
-    block = _make_block(kind, shape, **spec)
+    block = _make_block(kind, shape, dtype=dtype, **spec)
     blocks.append(block)
     shape = block.out_shape
   if not blocks:

@@ -31,7 +31,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxbio.nets.sequential import Network, block_apply
+from jaxbio.nets.sequential import Network
 from typing import NamedTuple
 
 from jaxbio.rules.base import (EmptyState, LearningRule, RuleOutput, check_batch,
@@ -215,7 +215,7 @@ def direct_feedback_alignment(net: Network, *, feedback_scale: float = 1.0) -> L
       # Each block sees its input as a constant: gradients stay block-local.
       outs, states, h = [], [], x
       for i, block in enumerate(net.blocks):
-        h, s = block_apply(block, p[i], net_state[i], jax.lax.stop_gradient(h), train=True)
+        h, s = block.apply(p[i], net_state[i], jax.lax.stop_gradient(h), train=True)
         outs.append(h)
         states.append(s)
       return tuple(outs), tuple(states)
