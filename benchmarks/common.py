@@ -19,17 +19,13 @@ class ChunkRunner:
   ``runner()`` runs one call and blocks until it is done; ``runner.state`` is
   the current train state. ``trace_seconds`` and ``compile_seconds`` are the
   times taken to trace and lower the chunk and to compile it (XLA).
-  ``edit(exp)``, if given, returns the experiment to time in place of the
-  one the config builds.
   """
 
-  def __init__(self, config, image_shape, devices=None, seed: int = 0, edit=None):
+  def __init__(self, config, image_shape, devices=None, seed: int = 0):
     devices = devices or jax.devices()
     self.steps = config.steps_per_call
     n = config.batch_size * self.steps
     self.exp = train.build_experiment(config, n)
-    if edit is not None:
-      self.exp = edit(self.exp)
     mesh = train.make_mesh(devices)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self._chunk = train.make_train_chunk(self.exp, config, mesh)
