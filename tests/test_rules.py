@@ -420,3 +420,20 @@ def test_kolen_pollack_feedback_update_never_reads_the_forward_weights():
   for p_new, p in zip(w0[1:], params[1:]):
     np.testing.assert_allclose(p_new["kernel"], 0.9 * p["kernel"], rtol=1e-6)
   np.testing.assert_array_equal(w0[0]["kernel"], params[0]["kernel"])  # no feedback: no decay.
+
+
+def test_network_blocks_compute_with_their_flax_layers():
+  import flax.linen as nn
+  net = nets.sequential((6, 6, 2), [
+      dict(kind="conv", features=3, kernel_size=3, post=("bn", "relu")),
+      dict(kind="local", features=2, kernel_size=3, stride=2),
+      dict(kind="dense", features=4)])
+  assert [type(b.layer) for b in net.blocks] == [nn.Conv, nn.ConvLocal, nn.Dense]
+  assert isinstance(net.blocks[0].norm, nn.BatchNorm) and net.blocks[1].norm is None
+  params, _ = net.init(jax.random.key(0))
+  h = jax.random.normal(jax.random.key(1), (2, 6, 6, 2))
+  for block, p in zip(net.blocks, params):
+    x = h.reshape((2, *block.in_shape))
+    y = block.layer.apply({"params": {"kernel": p["kernel"]}}, x)
+    np.testing.assert_array_equal(block.op(p["kernel"], x), y)
+    h = y

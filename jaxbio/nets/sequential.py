@@ -294,8 +294,10 @@ def _make_block(kind: str, in_shape: tuple[int, ...], *, features: int, kernel_s
       layer = nn.ConvLocal(features, **geometry)
   else:
     raise ValueError(f"unknown layer kind {kind!r}; valid choices: dense, conv, local")
-  norm = (nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False, param_dtype=jnp.dtype(dtype))
-          if "bn" in post else None)
+  # Flax's batch norm with the statistics jaxbio's networks have always used:
+  # running averages with momentum 0.9, eps 1e-5, the two-pass variance.
+  norm = (nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+                       param_dtype=jnp.dtype(dtype)) if "bn" in post else None)
   op = functools.partial(_linear, layer)
   return Block(kind=kind, layer=layer, norm=norm, op=op, feedback_op=layers.feedback_linear(op),
                in_shape=in_shape, out_shape=_post_shape(lin_shape, post),
