@@ -203,6 +203,8 @@ def make_periodic(exp: Experiment, config, mesh):
                             batch, key)
     if diagnostics is not None:
       out.update(diagnostics(s.params, batch["image"], y, key))
+    if exp.rule.diagnostics is not None:
+      out.update(exp.rule.diagnostics(s.params, s.net_state, s.rule_state, batch, key))
     return out
 
   return jax.jit(periodic, out_shardings=NamedSharding(mesh, P()))

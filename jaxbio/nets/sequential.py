@@ -83,6 +83,18 @@ class Block(NamedTuple):
     """
     return layers.transpose_op(self.op, kernel, y, self.in_shape)
 
+  def linear(self, params: dict, x: jax.Array) -> jax.Array:
+    """The block's pre-activation ``op(kernel, x) + bias`` (input flattened for dense blocks).
+
+    Rules that need the somatic potential ``v = W x + c`` itself (BurstCCN,
+    target propagation) use this with the block's post-operations applied
+    by themselves.
+    """
+    if self.flatten:
+      x = x.reshape(x.shape[0], -1)
+    h = self.op(params["kernel"], x)
+    return h if self.bias_shape is None else h + params["bias"]
+
   def apply(self, params: dict, state: dict, x: jax.Array, *, train: bool,
             feedback: jax.Array | None = None):
     """This block on a batch: ``(h, new_state)`` (see :func:`block_apply`)."""

@@ -54,6 +54,10 @@ Beyond one update per batch, a rule may declare:
 * **Its loss and evaluation** (``evaluate``): ``(params, net_state,
   rule_state, images, labels) -> (loss, correct)``, per example, used for the
   test set. Default: softmax cross-entropy of the network's output.
+* **Its diagnostics** (``diagnostics``): ``(params, net_state, rule_state,
+  batch, key) -> dict`` of scalars, computed with the alignment metrics
+  every ``alignment_every`` steps (never inside the training step) and
+  logged as ``align/<key>``: e.g. BurstCCN's apical potentials.
 * **Its references** (``references``): the rules whose updates alignment
   metrics compare against, called with the same arguments as ``update``
   (so a reference can read the rule's own state, e.g. FA with the rule's
@@ -205,6 +209,8 @@ class LearningRule(NamedTuple):
       correct)`` per example, or None for softmax cross-entropy.
     references: the rules alignment metrics compare against (empty: the
       network family's exact-gradient rule).
+    diagnostics: ``(params, net_state, rule_state, batch, key) -> dict`` of
+      scalars computed with the alignment metrics, or None.
 
   See the module docstring for each.
   """
@@ -218,6 +224,7 @@ class LearningRule(NamedTuple):
   phases: tuple[Phase, ...] = ()
   evaluate: Callable[..., tuple[jax.Array, jax.Array]] | None = None
   references: tuple["LearningRule", ...] = ()
+  diagnostics: Callable[..., dict[str, jax.Array]] | None = None
 
   def epoch_passes(self) -> tuple[Pass, ...]:
     """The passes of one epoch: ``passes``, or one pass of ``update``."""

@@ -1,0 +1,264 @@
+"""BurstCCN: parity with the authors' code (golden traces) and the rule's oracles."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxbio import nets
+from jaxbio.metrics.alignment import angle_degrees
+from jaxbio.rules import burstccn as bc
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "golden",
+                      "burstccn")
+
+
+def _trace(name):
+  path = os.path.join(GOLDEN, f"trace_{name}.npz")
+  if not os.path.exists(path):
+    pytest.skip(f"golden trace {path} not available")
+  return np.load(path)
+
+
+def _net(widths, n_in, n_out, dtype="float32"):
+  return nets.mlp((n_in,), widths, n_out, activation="sigmoid", output_activation="sigmoid",
+                  kernel_init="glorot_normal", init_gain=3.6, dtype=dtype)
+
+
+def _state_from_trace(d, k, suffix="pre"):
+  params = tuple({"kernel": jnp.asarray(d[f"W{l}_{suffix}"][k].T),
+                  "bias": jnp.asarray(d[f"c{l}_{suffix}"][k])} for l in (1, 2, 3))
+  state = bc.BurstState(tuple(jnp.asarray(d[f"Y{l}_{suffix}"][k].T) for l in (1, 2)),
+                        tuple(jnp.asarray(d[f"Q{l}_{suffix}"][k].T) for l in (1, 2)))
+  return params, state
+
+
+def _rule_for(name, net):
+  if name == "A":
+    return bc.burstccn(net, y_mode="random", y_scale=0.5, q_mode="symmetric_init",
+                       q_lr=0.000731)
+  return bc.burstccn(net, y_mode="tied", y_scale=1.0, q_mode="tied")
+
+
+def _step(rule, tx, params, opt_state, state, x, labels):
+  out = rule.update(params, (), state, {"image": x, "label": labels}, jax.random.key(0))
+  updates, opt_state = tx.update(out.grads, opt_state, params)
+  new = optax.apply_updates(params, updates)
+  state, new = rule.after_step(out.rule_state, params, new, updates, jax.random.key(1))
+  return new, opt_state, state, updates, out
+
+
+def _close(a, ref, what):
+  ref = np.asarray(ref)
+  err = float(np.max(np.abs(np.asarray(a) - ref)))
+  scale = max(float(np.max(np.abs(ref))), 1e-3)
+  assert err <= 1e-12 * scale + 1e-15, f"{what}: max error {err:.3g} (scale {scale:.3g})"
+
+
+@pytest.mark.parametrize("name", ["A", "B"])
+@pytest.mark.parametrize("free_running", [False, True])
+def test_matches_the_authors_code_step_by_step(name, free_running):
+  d = _trace(name)
+  cfg = json.loads(str(d["config_json"]))
+  assert cfg  # the trace's configuration is readable.
+  with jax.enable_x64(True):
+    net = _net([15, 12], 20, 10, dtype="float64")
+    rule = _rule_for(name, net)
+    tx = optax.sgd(0.3)
+    params, state = _state_from_trace(d, 0)
+    opt_state = tx.init(params)
+    for k in range(d["x"].shape[0]):
+      if not free_running:
+        params, state = _state_from_trace(d, k)
+      x, labels = jnp.asarray(d["x"][k]), jnp.asarray(d["labels"][k], jnp.int32)
+      act = bc.burst_pass(net, params, state, x, labels)
+      for l in (1, 2, 3):
+        for q in ("e", "p", "b", "db"):
+          _close(getattr(act, q)[l - 1], d[f"{q}{l}"][k], f"step {k} {q}{l}")
+      for l in (1, 2):
+        _close(act.u[l - 1], d[f"u{l}"][k], f"step {k} u{l}")
+      params, opt_state, state, updates, out = _step(rule, tx, params, opt_state, state, x,
+                                                      labels)
+      for l in (1, 2, 3):
+        _close(updates[l - 1]["kernel"].T, d[f"dW{l}"][k], f"step {k} dW{l}")
+        _close(updates[l - 1]["bias"], d[f"dc{l}"][k], f"step {k} dc{l}")
+        _close(params[l - 1]["kernel"].T, d[f"W{l}_post"][k], f"step {k} W{l}_post")
+        _close(params[l - 1]["bias"], d[f"c{l}_post"][k], f"step {k} c{l}_post")
+      for l in (1, 2):
+        _close(state.y[l - 1].T, d[f"Y{l}_post"][k], f"step {k} Y{l}_post")
+        _close(state.q[l - 1].T, d[f"Q{l}_post"][k], f"step {k} Q{l}_post")
+        if name == "A":
+          pre_q = d[f"Q{l}_pre"][k] if not free_running else None
+          if pre_q is not None:
+            _close(state.q[l - 1].T - pre_q, d[f"dQ{l}"][k], f"step {k} dQ{l}")
+      np.testing.assert_allclose(float(out.metrics["loss"]), d["loss"][k], rtol=1e-12)
+    if name == "A":  # fixed random feedback never changes.
+      np.testing.assert_array_equal(np.asarray(state.y[0]).T, d["Y1_pre"][0])
+    else:  # tied: exactly the re-copy of the updated weights.
+      for l in (1, 2):
+        np.testing.assert_array_equal(state.y[l - 1], params[l]["kernel"])
+        np.testing.assert_array_equal(state.q[l - 1], 0.5 * state.y[l - 1])
+
+
+@pytest.mark.parametrize("name", ["A", "B"])
+def test_references_and_angles_match_the_authors_code(name):
+  d = _trace(name)
+  with jax.enable_x64(True):
+    net = _net([15, 12], 20, 10, dtype="float64")
+    rule = _rule_for(name, net)
+    bp, fa = rule.references
+    for k in range(d["x"].shape[0]):
+      params, state = _state_from_trace(d, k)
+      batch = {"image": jnp.asarray(d["x"][k]), "label": jnp.asarray(d["labels"][k], jnp.int32)}
+      g_bp = bp.update(params, ({},) * 3, state, batch, None).grads
+      g_fa = fa.update(params, ({},) * 3, state, batch, None).grads
+      own = rule.update(params, ({},) * 3, state, batch, None).grads
+      for l in (1, 2, 3):
+        _close(g_bp[l - 1]["kernel"].T, d[f"gW_bp{l}"][k], f"gW_bp{l}")
+        _close(g_bp[l - 1]["bias"], d[f"gc_bp{l}"][k], f"gc_bp{l}")
+        _close(g_fa[l - 1]["kernel"].T, d[f"gW_fa{l}"][k], f"gW_fa{l}")
+        angle = float(angle_degrees(own[l - 1]["kernel"], g_bp[l - 1]["kernel"]))
+        ref = d["angle_bp"][k, l - 1]
+        assert abs(angle - ref) <= (1e-9 if ref > 1 else 1e-4), (k, l, angle, ref)
+      for l in (1, 2):
+        angle = float(angle_degrees(state.q[l - 1], state.y[l - 1]))
+        assert abs(angle - d["angle_QY"][k, l - 1]) <= (1e-9 if angle > 1 else 1e-4)
+        angle = float(angle_degrees(state.y[l - 1], params[l]["kernel"]))
+        ref = d["angle_WY"][k, l - 1]
+        assert abs(angle - ref) <= (1e-9 if ref > 1 else 1e-4), (k, l, angle, ref)
+
+
+# ---------------------------------------------------------------------------
+# Oracles.
+
+
+def _sparse(key, shape, density=0.15):
+  """Sparse inputs: 15 % of pixels on, values U(0.5, 1) (dense ones saturate gain-3.6 nets)."""
+  k1, k2 = jax.random.split(key)
+  return jnp.where(jax.random.uniform(k1, shape) < density,
+                   jax.random.uniform(k2, shape, minval=0.5, maxval=1.0), 0.0)
+
+
+def _setup(widths=(15, 12), n_in=20, n_out=10, batch=32, seed=0, dtype="float32", **hyper):
+  net = _net(list(widths), n_in, n_out, dtype=dtype)
+  rule = bc.burstccn(net, **hyper)
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+  params, _ = net.init(k1)
+  state = rule.init(k2, params)
+  x = _sparse(k3, (batch, n_in)).astype(net.param_dtype)
+  labels = jax.random.randint(k4, (batch,), 0, n_out)
+  return net, rule, params, state, x, labels
+
+
+@jax.enable_x64(True)
+def test_output_layer_error_is_exactly_the_scaled_backprop_delta():
+  net, rule, params, state, x, labels = _setup(y_scale=0.5, dtype="float64")
+  act = bc.burst_pass(net, params, state, x, labels)
+  e, t = act.e[-1], jax.nn.one_hot(labels, 10, dtype=x.dtype)
+  np.testing.assert_allclose(act.db[-1], 0.5 * (t - e) * e * (1 - e), rtol=1e-12, atol=1e-16)
+  assert float(act.p[-1].min()) >= 0.375 and float(act.p[-1].max()) <= 1.0
+  batch = {"image": x, "label": labels}
+  own = rule.update(params, ({},) * 3, state, batch, None).grads
+  bp = rule.references[0].update(params, ({},) * 3, state, batch, None).grads
+  assert float(angle_degrees(own[-1]["kernel"], bp[-1]["kernel"])) < 1e-6
+  np.testing.assert_allclose(own[-1]["kernel"], 0.5 * bp[-1]["kernel"], rtol=1e-12,
+                             atol=1e-16)
+
+
+def test_silence_without_teacher_in_the_qy_symmetric_state():
+  net, rule, params, state, x, labels = _setup(y_scale=0.5, q_mode="symmetric_init",
+                                               q_lr=0.1, y_lr=0.1, teacher=False)
+  act = bc.burst_pass(net, params, state, x, labels, teacher=False)
+  for u, p, db in zip(act.u, act.p, act.db):
+    assert not np.any(np.asarray(u)) and np.all(np.asarray(p) == 0.5) and not np.any(db)
+  assert not np.any(np.asarray(act.db[-1]))
+  out = rule.update(params, ({},) * 3, state, {"image": x, "label": labels}, None)
+  assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(out.grads))
+  for new, old in zip(jax.tree.leaves(out.rule_state), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(new, old)
+
+
+def _limit_ratios(y_mode, seed):
+  """r(ε) = ‖ΔW_l − ½ΔW_l^ref‖ / ‖½ΔW_l^ref‖ for ε = 0.2, 0.1, 0.05, 0.025, per layer."""
+  net, rule, params, state, x, labels = _setup(seed=seed, dtype="float64", y_mode=y_mode,
+                                               y_scale=1.0 if y_mode == "tied" else 0.5,
+                                               q_mode="tied")
+  feedback = None if y_mode == "tied" else (None, *state.y)
+  e_out = net.apply(params, ({},) * 3, x)[0]
+  t = jax.nn.one_hot(labels, 10, dtype=x.dtype)
+  rs = []
+  for eps in (0.2, 0.1, 0.05, 0.025):
+    target = e_out + eps * (t - e_out)
+    act = bc.burst_pass(net, params, state, x, labels, target=target)
+    own = bc.forward_grads(net, params, act)
+
+    def half_mse(p):
+      out = net.apply(p, ({},) * 3, x, feedback=feedback)[0]
+      return 0.5 * jnp.mean(jnp.sum((out - target) ** 2, -1))
+
+    ref = jax.grad(half_mse)(params)
+    rs.append([float(jnp.linalg.norm(o["kernel"] - 0.5 * r["kernel"]) /
+                     jnp.linalg.norm(0.5 * r["kernel"])) for o, r in zip(own, ref)])
+  return np.array(rs)
+
+
+@pytest.mark.parametrize("y_mode", ["tied", "random"])
+def test_backprop_and_fa_limits_error_is_cubic_in_the_teacher(y_mode):
+  with jax.enable_x64(True):
+    for seed in (0, 1):
+      r = _limit_ratios(y_mode, seed)
+      assert np.all(r[:, -1] < 1e-13), r[:, -1]  # the output layer: exact.
+      ratios = r[:-1, :-1] / r[1:, :-1]  # hidden layers, each halving of ε.
+      assert np.all((ratios > 3.8) & (ratios < 4.2)), ratios
+
+
+def test_paper_sign_convention_gives_identical_numbers():
+  net, rule, params, state, x, labels = _setup(y_scale=0.5, q_mode="random", q_scale=0.3,
+                                               q_lr=0.01)
+  act = bc.burst_pass(net, params, state, x, labels)
+  out = rule.update(params, ({},) * 3, state, {"image": x, "label": labels}, None)
+  # The paper's form: Y = -Ŷ, Q = -Q̂ (math layout n_l x n_{l+1}), u = Q e - Y b.
+  ys = [-y for y in state.y]
+  qs = [-q for q in state.q]
+  e = list(act.e)
+  b = [None, None, act.p[-1] * e[-1]]
+  us, ps = [None, None], [None, None, act.p[-1]]
+  for l in (1, 0):
+    nxt = net.blocks[l + 1]  # its transpose: the same operator the rule uses.
+    us[l] = nxt.transpose(qs[l], e[l + 1]) - nxt.transpose(ys[l], b[l + 1])
+    ps[l] = jax.nn.sigmoid(4.0 * us[l] * (1 - e[l]))
+    b[l] = ps[l] * e[l]
+  # u, p and b are bitwise the same numbers; so are the weight updates they give.
+  for l in (0, 1):
+    np.testing.assert_array_equal(us[l], act.u[l])
+    np.testing.assert_array_equal(ps[l], act.p[l])
+  paper = act._replace(u=tuple(us), p=tuple(ps), b=tuple(b),
+                       db=tuple((p - 0.5) * ee for p, ee in zip(ps, e)))
+  for a, c in zip(jax.tree.leaves(bc.forward_grads(net, params, paper)),
+                  jax.tree.leaves(out.grads)):
+    np.testing.assert_array_equal(a, c)
+  # The paper's Q rule, ΔQ = -η u eᵀ, is the negative of ΔQ̂.
+  corr = bc.feedback_correlation(net, act, state.q)
+  for l in (0, 1):
+    d_q_paper = -0.01 * (us[l].T @ e[l + 1]) / x.shape[0]
+    np.testing.assert_allclose(0.01 * corr[l], -d_q_paper, rtol=1e-5, atol=1e-12)
+    np.testing.assert_array_equal(out.rule_state.q[l], state.q[l] + 0.01 * corr[l])
+
+
+def test_batch_update_is_the_mean_of_per_example_updates():
+  net, rule, params, state, x, labels = _setup(y_scale=0.5, q_lr=0.01)
+
+  def one(xi, li):
+    out = rule.update(params, ({},) * 3, state, {"image": xi[None], "label": li[None]}, None)
+    return out.grads, out.rule_state.q
+
+  grads, qs = jax.vmap(one)(x, labels)
+  out = rule.update(params, ({},) * 3, state, {"image": x, "label": labels}, None)
+  for a, b in zip(jax.tree.leaves(out.grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b.mean(0), rtol=1e-5, atol=1e-7)
+  for a, b in zip(out.rule_state.q, qs):
+    np.testing.assert_allclose(a, b.mean(0), rtol=1e-6, atol=1e-9)
