@@ -93,7 +93,7 @@ for _entry in (
     RuleEntry("dfa", "feedforward", "jaxbio.rules.feedback:direct_feedback_alignment"),
     RuleEntry("kp", "feedforward", "jaxbio.rules.feedback:kolen_pollack"),
     RuleEntry("sign_symmetry", "feedforward", "jaxbio.rules.feedback:sign_symmetry"),
-    RuleEntry("burstccn", "feedforward", "jaxbio.rules.burstccn:burstccn"),
+    RuleEntry("burstccn", "feedforward", "jaxbio.rules.burst:burstccn"),
     RuleEntry("ep", "recurrent", "jaxbio.recurrent.hep:ep"),
     RuleEntry("hep", "recurrent", "jaxbio.recurrent.hep:hep"),
     RuleEntry("hep_online", "recurrent", "jaxbio.recurrent.hep:hep_online"),

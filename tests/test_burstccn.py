@@ -11,7 +11,7 @@ import pytest
 
 from jaxbio import nets
 from jaxbio.metrics.alignment import angle_degrees
-from jaxbio.rules import burstccn as bc
+from jaxbio.rules import burst as bc
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "golden",
                       "burstccn")
@@ -262,3 +262,153 @@ def test_batch_update_is_the_mean_of_per_example_updates():
     np.testing.assert_allclose(a, b.mean(0), rtol=1e-5, atol=1e-7)
   for a, b in zip(out.rule_state.q, qs):
     np.testing.assert_allclose(a, b.mean(0), rtol=1e-6, atol=1e-9)
+
+
+def _cnn(dtype="float32"):
+  # The CIFAR CNN's geometry, shrunk: strided unpadded convolutions, then dense layers.
+  return nets.convnet((13, 13, 2), [(3, 5, 2, "VALID"), (4, 3, 2, "VALID")], [6], 5,
+                      activation="sigmoid", output_activation="sigmoid", pool=None,
+                      kernel_init="glorot_normal", init_gain=3.6, dtype=dtype)
+
+
+def test_conv_feedback_is_the_exact_adjoint_of_the_next_strided_convolution():
+  net = _cnn()
+  rule = bc.burstccn(net, y_scale=0.5)
+  params, _ = net.init(jax.random.key(0))
+  state = rule.init(jax.random.key(1), params)
+  x = _sparse(jax.random.key(2), (4, 13, 13, 2))
+  labels = jnp.arange(4) % 5
+  act = bc.burst_pass(net, params, state, x, labels)
+  # u_0 = Ŷ_0 b_1 - Q̂_0 e_1 with the dense matrix of conv 2's transpose, column by column.
+  n_in = 5 * 5 * 3
+  basis = jnp.eye(n_in).reshape(n_in, 5, 5, 3)
+  conv2 = net.blocks[1]
+  mat_y = conv2.op(state.y[0], basis).reshape(n_in, -1)
+  mat_q = conv2.op(state.q[0], basis).reshape(n_in, -1)
+  u = (act.b[1].reshape(4, -1) @ mat_y.T - act.e[1].reshape(4, -1) @ mat_q.T).reshape(4, 5, 5, 3)
+  np.testing.assert_allclose(act.u[0], u, rtol=1e-5, atol=1e-6)
+  # A stride-2 unpadded 3x3 convolution of a 5x5 map reads rows and columns 0..4; a 13x13
+  # map's stride-2 5x5 convolution never reads its last row and column: u = 0 there.
+  assert act.u[0].shape == (4, 5, 5, 3)
+  assert float(jnp.min(jnp.abs(act.u[0]))) > 0
+  # The last conv layer's feedback is dense (the next layer is fully connected).
+  assert state.y[1].shape == (2 * 2 * 4, 6)
+
+
+def test_conv_q_learning_is_gradient_descent_on_the_apical_potential():
+  net = _cnn()
+  rule = bc.burstccn(net, y_scale=0.5, q_mode="random", q_scale=0.3, q_lr=0.1, y_lr=0.05)
+  params, _ = net.init(jax.random.key(0))
+  state = rule.init(jax.random.key(1), params)
+  batch = {"image": _sparse(jax.random.key(2), (4, 13, 13, 2)), "label": jnp.arange(4) % 5}
+
+  def half_u2(q):
+    act = bc.burst_pass(net, params, state._replace(q=q), batch["image"], batch["label"])
+    return sum(0.5 * jnp.sum(u ** 2) for u in act.u) / 4
+
+  # ΔQ̂ = -η_Q ∂/∂Q̂ ⟨½‖u‖²⟩ with b_{l+1} held fixed: u is linear in Q̂ given the layer above.
+  act = bc.burst_pass(net, params, state, batch["image"], batch["label"])
+  grad_q = []
+  for l in range(2):
+    nxt = net.blocks[l + 1]
+    f = lambda q: 0.5 * jnp.sum((nxt.transpose(state.y[l], act.b[l + 1]) -
+                                 nxt.transpose(q, act.e[l + 1])) ** 2) / 4
+    grad_q.append(jax.grad(f)(state.q[l]))
+  del half_u2
+  out = rule.update(params, ({},) * 3, state, batch, None)
+  for l in range(2):
+    np.testing.assert_allclose(out.rule_state.q[l] - state.q[l], -0.1 * grad_q[l], rtol=1e-4,
+                               atol=1e-7)
+    np.testing.assert_allclose(out.rule_state.y[l] - state.y[l], 0.05 * grad_q[l], rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_bad_settings_are_one_line_errors():
+  net = _net([6], 5, 3)
+  for kwargs, match in [
+      (dict(p_baseline=0.2), "valid choices: apical='paper' or 'journal'"),
+      (dict(apical="bogus"), "valid choices: code, paper, journal"),
+      (dict(y_mode="bogus"), "valid choices: random, symmetric_init, tied"),
+      (dict(q_mode="bogus"), "valid choices: symmetric_init, tied, random, w_symmetric_init"),
+      (dict(y_mode="tied", y_lr=0.1), "y_lr must be 0 with y_mode='tied'"),
+      (dict(q_mode="tied", q_lr=0.1), "q_lr must be 0 with q_mode='tied'"),
+      (dict(weight_decay=1.5), r"weight_decay must be in \[0, 1\)"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      bc.burstccn(net, **kwargs)
+  with pytest.raises(ValueError, match="layer 0 has post-operations"):
+    bc.burstccn(nets.mlp((5,), [6], 3, activation="tanh", output_activation="sigmoid"))
+
+
+@pytest.mark.parametrize("apical", ["paper", "journal"])
+def test_generalised_nonlinearities_rest_at_the_baseline_with_unit_slope(apical):
+  f = bc.apical_nonlinearity(apical, 0.2)
+  e = jnp.full((3,), 0.0)  # h = 1 - e = 1.
+  np.testing.assert_allclose(f(jnp.zeros(3), e), 0.2, rtol=1e-6)
+  slope = jax.grad(lambda u: f(u, e[:1])[0])(jnp.zeros(1))
+  np.testing.assert_allclose(slope, 1.0, rtol=1e-5)
+
+
+def test_weight_decay_acts_on_the_pre_update_weights_and_not_on_the_feedback():
+  net, rule, params, state, x, labels = _setup(y_scale=0.5, q_lr=0.01, weight_decay=0.1)
+  tx = optax.sgd(0.3)
+  new, _, new_state, updates, _ = _step(rule, tx, params, tx.init(params), state, x, labels)
+  for p, n, u in zip(jax.tree.leaves(params), jax.tree.leaves(new), jax.tree.leaves(updates)):
+    np.testing.assert_allclose(n, p + u - 0.1 * p, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(new_state.y[0], state.y[0])
+
+
+def test_q_learning_without_teacher_aligns_q_with_y_and_silences_the_apical_dendrite():
+  # Fig. 4 without teacher: W and Ŷ fixed, Q̂ from random; sparse random inputs.
+  net = _net([64, 48], 100, 10)
+  rule = bc.burstccn(net, y_scale=0.5, q_mode="random", q_scale=0.5, q_lr=0.06, teacher=False,
+                     train_weights=False)
+  assert [p.trains_params for p in rule.epoch_passes()] == [False]
+  params, _ = net.init(jax.random.key(0))
+  state = rule.init(jax.random.key(1), params)
+  update = jax.jit(lambda s, b: rule.update(params, ({},) * 3, s, b, None).rule_state)
+  diag = jax.jit(lambda s, b: rule.diagnostics(params, ({},) * 3, s, b, None))
+  probe = {"image": _sparse(jax.random.key(99), (256, 100)), "label": jnp.zeros(256, jnp.int32)}
+  start = diag(state, probe)
+  for i in range(300):
+    x = _sparse(jax.random.fold_in(jax.random.key(2), i), (32, 100))
+    state = update(state, {"image": x, "label": jnp.zeros(32, jnp.int32)})
+  end = diag(state, probe)
+  # |u| falls fast; the Q-Y angle slowly (Q̂ first learns along the inputs' main directions).
+  for l in (1, 2):
+    assert end[f"qy_angle/layer{l}"] < start[f"qy_angle/layer{l}"] - 5, (start, end)
+  for l in (0, 1):
+    assert end[f"apical_abs/layer{l}"] < 0.5 * start[f"apical_abs/layer{l}"], (start, end)
+
+
+def test_reference_state_angles_on_the_mnist_mlp():
+  # Notebook settings: random Ŷ (0.5), Q̂ symmetric, batch 32, sparse MNIST-shaped inputs.
+  net = _net([500, 500, 500], 784, 10)
+  rule = bc.burstccn(net, y_scale=0.5, q_lr=0.000731)
+  params, _ = net.init(jax.random.key(0))
+  state = rule.init(jax.random.key(1), params)
+  bp, fa = rule.references
+  tx = optax.sgd(0.3)
+  opt_state = tx.init(params)
+  ns = ({},) * 4
+
+  @jax.jit
+  def angles_and_step(params, opt_state, state, batch):
+    own = rule.update(params, ns, state, batch, None).grads
+    g_bp = bp.update(params, ns, state, batch, None).grads
+    g_fa = fa.update(params, ns, state, batch, None).grads
+    hidden = jnp.stack([angle_degrees(own[l]["kernel"], g_bp[l]["kernel"]) for l in range(3)])
+    flat = lambda g: jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(g)])
+    whole_fa = angle_degrees(flat(own), flat(g_fa))
+    new, opt_state, state, _, _ = _step(rule, tx, params, opt_state, state, batch["image"],
+                                        batch["label"])
+    return hidden, whole_fa, new, opt_state, state
+
+  for i in range(20):
+    k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(5), i))
+    batch = {"image": _sparse(k1, (32, 784)), "label": jax.random.randint(k2, (32,), 0, 10)}
+    hidden, whole_fa, params, opt_state, state = angles_and_step(params, opt_state, state,
+                                                                 batch)
+    assert np.all((np.asarray(hidden) > 80) & (np.asarray(hidden) < 100)), (i, hidden)
+    if i == 0:
+      assert float(whole_fa) < 5, whole_fa

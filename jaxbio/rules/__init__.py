@@ -2,6 +2,7 @@
 
 from jaxbio.rules.base import (EmptyState, LearningRule, Pass, Phase, RuleOutput, accuracy,
                                check_batch, classification_metrics, cross_entropy, with_penalty)
+from jaxbio.rules.burst import BurstState, burstccn
 from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
                                    feedback_alignment, kolen_pollack, sign_symmetry)
 
@@ -12,11 +13,12 @@ FEEDFORWARD_RULES = {
     "dfa": direct_feedback_alignment,
     "kp": kolen_pollack,
     "sign_symmetry": sign_symmetry,
+    "burstccn": burstccn,
 }
 
 __all__ = [
     "EmptyState", "FeedbackState", "LearningRule", "Pass", "Phase", "RuleOutput", "accuracy",
     "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
-    "kolen_pollack", "sign_symmetry", "FEEDFORWARD_RULES",
+    "kolen_pollack", "sign_symmetry", "burstccn", "BurstState", "FEEDFORWARD_RULES",
 ]

@@ -67,7 +67,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbio.metrics.alignment import angle_degrees
 from jaxbio.nets.sequential import Network
 from jaxbio.rules.base import LearningRule, Pass, RuleOutput, check_batch
 
@@ -123,8 +122,6 @@ def check_network(net, rule_name: str = "burstccn") -> None:
       raise ValueError(f"{rule_name} needs a logistic sigmoid after every layer and nothing "
                        f"else (model.activation='sigmoid', output_activation='sigmoid', no "
                        f"pooling or batch norm); layer {i} has post-operations {block.post}")
-  if len(net.blocks) < 2:
-    raise ValueError(f"{rule_name} needs at least one hidden layer, got {len(net.blocks)} layer")
 
 
 def apical_nonlinearity(name: str, p_baseline: float):
@@ -380,6 +377,7 @@ def burstccn(net: Network, *, p_baseline: float = 0.5, apical: str = "code",
     return {f"layer{l + 1}": (rule_state.y[l], params[l + 1]["kernel"]) for l in hidden}
 
   def diagnostics(params, net_state, rule_state, batch, key):
+    from jaxbio.metrics.alignment import angle_degrees  # pylint: disable=g-import-not-at-top
     del net_state, key
     act = burst_pass(net, params, rule_state, batch["image"], batch["label"], **settings)
     out = {}

@@ -1,0 +1,77 @@
+"""BurstCCN (Greedy et al., NeurIPS 2022) and Burstprop (Payeur et al., 2021).
+
+Usage: ``--config=launch/configs/burstccn.py:<experiment>[,runlocal]``
+
+* ``mnist``: the authors' MNIST notebook, the best evidence of the tuned
+  setting: MLP 784-500-500-500-10, sigmoid everywhere, Glorot-normal init
+  with gain 3.6, batch 32, 50 epochs, SGD with lr 0.3 (no momentum, no
+  decay), p^b = 0.5, random fixed Ŷ (scale 0.5), Q̂ at its symmetric init
+  and learned with η_Q = 0.000731. Verified: these are the notebook's values,
+  whose stored output reads 7.59 % and 5.87 % test error after epochs 1 and 2.
+* ``depth<N>`` (N = 2..9): the same with N layers of units counting the input
+  (``mnist`` is ``depth5``, the paper's "5-layer" net: N - 2 hidden layers of
+  500). Provisional: the paper's exact list of depths is not known.
+* ``fig4_teacher``, ``fig4_noteacher``: the paper's Fig. 4 on the MNIST MLP:
+  W and Ŷ fixed at their random init, only Q̂ learns, from a random init
+  (scale 0.5, like Ŷ), with η_Q = 0.001 (the authors' default), with or
+  without teacher. Provisional: the figure's widths and η_Q are not known.
+* ``cifar10_random``, ``cifar10_tied``: the CIFAR-10 CNN (conv 3→64 k5 s2,
+  64→128 k5 s2, 128→256 k3 s1, all unpadded, FC 1480, FC 10; sigmoid
+  everywhere, no pooling; 3,931,170 parameters) with random fixed Ŷ (scale 1)
+  or Ŷ tied to W (the paper's "W-Y symmetric"); Q̂ symmetric at init and
+  learned (η_Q = 0.001); SGD lr 0.1, batch 32, 400 epochs; random crops
+  (4-pixel padding) and horizontal flips; ImageNet mean and std. Provisional:
+  the paper's CIFAR learning rate, momentum and epochs are not known; the
+  architecture is the authors' code's.
+* ``runlocal``: one epoch.
+"""
+
+import ml_collections
+
+from launch.configs import common
+
+EXPERIMENTS = ("mnist", *(f"depth{n}" for n in range(2, 10)), "fig4_teacher",
+               "fig4_noteacher", "cifar10_random", "cifar10_tied")
+
+_CIFAR_CNN = dict(arch="convnet", convs=((64, 5, 2, "VALID"), (128, 5, 2, "VALID"),
+                                         (256, 3, 1, "VALID")),
+                  dense=(1480,), pool="")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def get_config(arg: str = "mnist"):
+  parts = arg.split(",")
+  experiment, extra = parts[0], parts[1:]
+  if experiment not in EXPERIMENTS:
+    raise ValueError(f"unknown experiment {experiment!r} for this config; valid choices: "
+                     f"{', '.join(EXPERIMENTS)}")
+  if any(e != "runlocal" for e in extra):
+    raise ValueError(f"unknown config option {extra!r}; valid choices: runlocal")
+  c = common.base_config()
+  c.batch_size = 32
+  c.steps_per_call = 125
+  c.model.update(dict(arch="mlp", widths=(500, 500, 500), activation="sigmoid",
+                      output_activation="sigmoid", kernel_init="glorot_normal", init_gain=3.6))
+  c.rule.update(dict(name="burstccn", p_baseline=0.5, y_mode="random", y_scale=0.5,
+                     q_mode="symmetric_init", q_lr=0.000731))
+  c.optimizer.update(dict(name="sgd", learning_rate=0.3, momentum=0.0))
+  c.num_epochs = 50
+  if experiment.startswith("depth"):
+    c.model.widths = (500,) * (int(experiment[5:]) - 2)
+  elif experiment.startswith("fig4"):
+    c.rule.update(dict(q_mode="random", q_scale=0.5, q_lr=0.001, train_weights=False,
+                       teacher=experiment == "fig4_teacher"))
+    c.num_epochs = 5
+  elif experiment.startswith("cifar10"):
+    c.dataset.update(dict(name="cifar10", normalize="standardize", augment="crop_flip",
+                          crop_padding=4, mean=IMAGENET_MEAN, std=IMAGENET_STD))
+    c.model = ml_collections.ConfigDict(
+        {**{k: v for k, v in c.model.to_dict().items() if k != "widths"}, **_CIFAR_CNN})
+    tied = experiment == "cifar10_tied"
+    c.rule.update(dict(y_mode="tied" if tied else "random", y_scale=1.0, q_lr=0.001))
+    c.optimizer.learning_rate = 0.1
+    c.num_epochs = 400
+  if "runlocal" in extra:
+    c.num_epochs = 1
+  return c
