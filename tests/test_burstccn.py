@@ -412,3 +412,51 @@ def test_reference_state_angles_on_the_mnist_mlp():
     assert np.all((np.asarray(hidden) > 80) & (np.asarray(hidden) < 100)), (i, hidden)
     if i == 0:
       assert float(whole_fa) < 5, whole_fa
+
+
+# ---------------------------------------------------------------------------
+# Through the launcher.
+
+
+def test_launcher_trains_burstccn_on_real_mnist(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from jaxbio import data  # pylint: disable=g-import-not-at-top
+  shared = data.shared_data_dir()
+  if shared is None:
+    pytest.skip("../shared/data/tfds (real MNIST) not present")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "launch.main", "--config=launch/configs/burstccn.py:mnist",
+         f"--workdir={tmp_path}", f"--config.dataset.data_dir={shared}",
+         "--config.dataset.train_split=train[:6400]", "--config.dataset.test_split=test[:2000]",
+         "--config.num_epochs=2", "--config.alignment_every=100", "--config.steps_per_call=50"]
+  proc = subprocess.run(cmd, cwd=repo, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [1, 2]
+  last = records[-1]
+  assert last["test/accuracy"] > 0.5, last["test/accuracy"]  # 400 steps: 62 % measured.
+  assert 0 < last["test/loss"] < 0.1  # the mean squared error against the one-hot label.
+  for key in ("align/update_angle/all", "align/update_angle_fa/all",
+              "align/feedback_angle/layer1", "align/qy_angle/layer1", "align/apical_abs/layer0",
+              "align/apical_abs/layer2"):
+    assert np.isfinite(last[key]), key
+  # The output layer's update is exactly p^b times the backprop one: 0 degrees.
+  assert last["align/update_angle/3.kernel"] < 0.1
+
+
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
+def test_cifar_cnn_trains_on_mock_data(tmp_path):
+  from jaxbio import train  # pylint: disable=g-import-not-at-top
+  from jaxbio.data import testing as data_testing  # pylint: disable=g-import-not-at-top
+  from launch.configs import burstccn  # pylint: disable=g-import-not-at-top
+  for experiment in ("cifar10_random", "cifar10_tied"):
+    config = burstccn.get_config(experiment + ",runlocal")
+    config.steps_per_call = 4
+    config.alignment_every = 4
+    with data_testing.mock_data(64):
+      config.dataset.data_dir = str(tmp_path / "tfds")
+      record = train.train_and_evaluate(config, str(tmp_path / experiment))
+    assert record["epoch"] == 1 and np.isfinite(record["test/loss"])
+    assert np.isfinite(record["align/qy_angle/layer1"])

@@ -22,6 +22,12 @@ CASES = [
      {"batch_size": 32, "model.convs": ((4, 3, 2),), "model.dense": (16,),
       "model.batch_norm": True, "model.pool": "max_pool:2:2"}),
 ]
+CASES += [
+    ("burstccn", "launch.configs.burstccn", "mnist", {"batch_size": 32, "model.widths": (16, 16)}),
+    ("burstccn_tied_wd", "launch.configs.burstccn", "mnist",
+     {"batch_size": 32, "model.widths": (16, 16), "rule.y_mode": "tied", "rule.y_scale": 1.0,
+      "rule.q_mode": "tied", "rule.q_lr": 0.0, "rule.weight_decay": 1e-3}),
+]
 HEP_SMALL = {"batch_size": 16, "model.hidden": (16, 16), "model.t_free": 20, "rule.t_nudge": 5}
 CASES += [
     ("hep_n0_homeostasis", "launch.configs.hep_fmnist", "fig4_reciprocal,1.0", HEP_SMALL),
