@@ -104,7 +104,7 @@ from jaxbio.rules.base import EmptyState, LearningRule, RuleOutput
 FLAX_RULES = ("bp", "fa", "kp", "sign_symmetry")
 """The rules that take any Flax model."""
 
-LAYERED_ONLY_RULES = ("dfa",)
+LAYERED_ONLY_RULES = ("dfa", "burstccn")
 """jaxbio rules that need jaxbio's layered networks (every hidden layer's activity)."""
 
 
