@@ -94,6 +94,7 @@ for _entry in (
     RuleEntry("kp", "feedforward", "jaxbio.rules.feedback:kolen_pollack"),
     RuleEntry("sign_symmetry", "feedforward", "jaxbio.rules.feedback:sign_symmetry"),
     RuleEntry("burstccn", "feedforward", "jaxbio.rules.burst:burstccn"),
+    RuleEntry("burstprop", "feedforward", "jaxbio.rules.burst:burstprop"),
     RuleEntry("ep", "recurrent", "jaxbio.recurrent.hep:ep"),
     RuleEntry("hep", "recurrent", "jaxbio.recurrent.hep:hep"),
     RuleEntry("hep_online", "recurrent", "jaxbio.recurrent.hep:hep_online"),

@@ -460,3 +460,87 @@ def test_cifar_cnn_trains_on_mock_data(tmp_path):
       record = train.train_and_evaluate(config, str(tmp_path / experiment))
     assert record["epoch"] == 1 and np.isfinite(record["test/loss"])
     assert np.isfinite(record["align/qy_angle/layer1"])
+
+
+# ---------------------------------------------------------------------------
+# Burstprop.
+
+
+def _bp_setup(seed=0, dtype="float32", batch=32, **hyper):
+  net = _net([15, 12], 20, 10, dtype=dtype)
+  rule = bc.burstprop(net, **hyper)
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+  params, _ = net.init(k1)
+  state = rule.init(k2, params)
+  x = _sparse(k3, (batch, 20)).astype(net.param_dtype)
+  labels = jax.random.randint(k4, (batch,), 0, 10)
+  return net, rule, params, state, x, labels
+
+
+def test_burstprop_without_teacher_has_no_error_signal():
+  net, rule, params, state, x, labels = _bp_setup(teacher=False)
+  act = bc.burstprop_pass(net, params, state, x, labels, teacher=False)
+  for d in act.delta:
+    assert not np.any(np.asarray(d))
+  assert np.all(np.asarray(act.p_ref[-1]) == np.float32(0.2))
+  out = rule.update(params, ({},) * 3, state, {"image": x, "label": labels}, None)
+  assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(out.grads))
+
+
+@jax.enable_x64(True)
+def test_burstprop_weak_teacher_limit_is_backprop_with_the_apical_gains():
+  # δ_l -> σ'(ā_l) e_l (1 - e_l) Ŷ_l δ_{l+1}, with error quadratic in the teacher's strength.
+  net, rule, params, state, x, labels = _bp_setup(dtype="float64", y_mode="tied")
+  e_out = net.apply(params, ({},) * 3, x)[0]
+  t = jax.nn.one_hot(labels, 10, dtype=x.dtype)
+  errs = []
+  for eps in (0.2, 0.1, 0.05, 0.025):
+    target = e_out + eps * (t - e_out)
+    act = bc.burstprop_pass(net, params, state, x, labels, target=target)
+    lin = [None, None, 0.2 * (target - e_out) * e_out * (1 - e_out)]
+    for l in (1, 0):
+      gain = jax.nn.sigmoid(act.a_ref[l]) * (1 - jax.nn.sigmoid(act.a_ref[l]))
+      e = act.e[l]
+      lin[l] = gain * e * (1 - e) * (lin[l + 1] @ state.y[l].T)
+    np.testing.assert_allclose(act.delta[-1], lin[-1], rtol=1e-10, atol=1e-18)
+    errs.append([float(jnp.linalg.norm(act.delta[l] - lin[l]) / jnp.linalg.norm(lin[l]))
+                 for l in (0, 1)])
+  errs = np.array(errs)
+  ratios = errs[:-1] / errs[1:]
+  assert np.all((ratios > 1.8) & (ratios < 2.2)), ratios
+
+
+def test_burstprop_mean_and_sum_and_the_recurrent_rule():
+  mean = _bp_setup(batch_reduction="mean", r_lr=0.1)
+  total = _bp_setup(batch_reduction="sum", r_lr=0.1)
+  net, rule, params, state, x, labels = mean
+  batch = {"image": x, "label": labels}
+  out_mean = rule.update(params, ({},) * 3, state, batch, None)
+  out_sum = total[1].update(params, ({},) * 3, state, batch, None)
+  for a, b in zip(jax.tree.leaves(out_mean.grads), jax.tree.leaves(out_sum.grads)):
+    np.testing.assert_allclose(32 * a, b, rtol=1e-5, atol=1e-7)
+  # R: a batch sum of ā b̃ᵀ in both reductions, gradient descent on ½‖ā‖².
+  act = bc.burstprop_pass(net, params, state, x, labels)
+  for l in (0, 1):
+    expected = state.r[l] + 0.1 * act.a_ref[l].T @ act.b_tilde[l]
+    np.testing.assert_allclose(out_mean.rule_state.r[l], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(out_mean.rule_state.r[l], out_sum.rule_state.r[l])
+
+    def half_a2(r, l=l):
+      a = act.a_ref[l] + act.b_tilde[l] @ state.r[l].T - act.b_tilde[l] @ r.T
+      return 0.5 * jnp.sum(a ** 2)
+
+    np.testing.assert_allclose(out_mean.rule_state.r[l] - state.r[l],
+                               -0.1 * jax.grad(half_a2)(state.r[l]), rtol=1e-4, atol=1e-7)
+
+
+def test_burstprop_feedback_learning_is_kolen_pollack():
+  net, rule, params, state, x, labels = _bp_setup(learn_feedback=True, weight_decay=0.05)
+  tx = optax.sgd(0.1, momentum=0.8)
+  opt_state = tx.init(params)
+  gaps = []
+  for i in range(4):
+    gaps.append([float(jnp.linalg.norm(state.y[l] - params[l + 1]["kernel"])) for l in (0, 1)])
+    params, opt_state, state, _, _ = _step(rule, tx, params, opt_state, state, x, labels)
+  gaps = np.array(gaps)
+  np.testing.assert_allclose(gaps[1:] / gaps[:-1], 0.95, rtol=1e-4)

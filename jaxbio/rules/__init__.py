@@ -2,7 +2,7 @@
 
 from jaxbio.rules.base import (EmptyState, LearningRule, Pass, Phase, RuleOutput, accuracy,
                                check_batch, classification_metrics, cross_entropy, with_penalty)
-from jaxbio.rules.burst import BurstState, burstccn
+from jaxbio.rules.burst import BurstpropState, BurstState, burstccn, burstprop
 from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
                                    feedback_alignment, kolen_pollack, sign_symmetry)
 
@@ -14,11 +14,12 @@ FEEDFORWARD_RULES = {
     "kp": kolen_pollack,
     "sign_symmetry": sign_symmetry,
     "burstccn": burstccn,
+    "burstprop": burstprop,
 }
 
 __all__ = [
     "EmptyState", "FeedbackState", "LearningRule", "Pass", "Phase", "RuleOutput", "accuracy",
     "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
-    "kolen_pollack", "sign_symmetry", "burstccn", "BurstState", "FEEDFORWARD_RULES",
+    "kolen_pollack", "sign_symmetry", "burstccn", "burstprop", "BurstState", "BurstpropState", "FEEDFORWARD_RULES",
 ]

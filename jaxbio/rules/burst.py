@@ -1,4 +1,6 @@
-"""BurstCCN (Greedy et al., NeurIPS 2022): single-phase burst-dependent learning.
+"""BurstCCN (Greedy et al., NeurIPS 2022) and Burstprop (Payeur et al., 2021).
+
+BurstCCN: single-phase burst-dependent learning.
 
 A rate model of cortical pyramidal ensembles. Basal input sets a unit's event
 rate ``e``, apical (top-down) input its burst probability ``p`` (burst rate
@@ -107,9 +109,9 @@ class BurstActivity(NamedTuple):
   t: jax.Array
 
 
-def _choice(what: str, value, valid) -> None:
+def _choice(what: str, value, valid, rule: str = "burstccn") -> None:
   if value not in valid:
-    raise ValueError(f"unknown burstccn {what} {value!r}; valid choices: {', '.join(valid)}")
+    raise ValueError(f"unknown {rule} {what} {value!r}; valid choices: {', '.join(valid)}")
 
 
 def check_network(net, rule_name: str = "burstccn") -> None:
@@ -388,5 +390,215 @@ def burstccn(net: Network, *, p_baseline: float = 0.5, apical: str = "code",
 
   passes = () if train_weights else (Pass("feedback", update, trains_params=False),)
   return LearningRule("burstccn", init, update, feedback, after_step, passes=passes,
+                      evaluate=_evaluate(net), references=references(net),
+                      diagnostics=diagnostics)
+
+
+# ---------------------------------------------------------------------------
+# Burstprop (Payeur et al., Nature Neuroscience 2021): the two-phase predecessor.
+
+BATCH_REDUCTIONS = ("mean", "sum")
+
+
+class BurstpropState(NamedTuple):
+  """Burstprop's rule state.
+
+  Attributes:
+    y: feedback ``Ŷ_l`` per hidden layer, in the next layer's kernel layout
+      (``Ŷ_l == kernel_{l+1}`` means ``Ŷ_l = W_{l+1}^T``).
+    r: recurrent inhibition ``R_l`` (``n_l x n_l``) per hidden layer, or None
+      for a layer without it (convolutional layers have none).
+  """
+  y: tuple
+  r: tuple
+
+
+class BurstpropActivity(NamedTuple):
+  """One Burstprop step's two passes (batch first; hidden layers first, output last).
+
+  Attributes:
+    inputs: ``e_{l-1}``, the input of each layer.
+    e: event rates (the same in both passes: the teacher changes only bursts).
+    p_ref, b_ref: no-teacher burst probabilities ``p̄`` and rates.
+    a_ref: no-teacher apical terms ``ā_l = s̄_l ⊙ (1 - e_l) - R_l b̃_l`` (hidden).
+    b_tilde: ``b̃_l = σ(s̄_l) ⊙ e_l``, the recurrent input (hidden).
+    p, b: with-teacher burst probabilities and rates.
+    delta: ``δ_l = (p_l - p̄_l) ⊙ e_l``, every layer.
+  """
+  inputs: tuple
+  e: tuple
+  p_ref: tuple
+  b_ref: tuple
+  a_ref: tuple
+  b_tilde: tuple
+  p: tuple
+  b: tuple
+  delta: tuple
+
+
+def burstprop_pass(net: Network, params, state: BurstpropState, x: jax.Array,
+                   labels: jax.Array, *, p_baseline: float = 0.2, teacher: bool = True,
+                   target: jax.Array | None = None) -> BurstpropActivity:
+  """Burstprop's no-teacher reference pass and its teacher pass, from one forward pass.
+
+  See :func:`burstprop` for the equations; arguments as :func:`burst_pass`.
+  """
+  inputs, es, h = [], [], x
+  for block, p in zip(net.blocks, params):
+    inputs.append(h)
+    h = jax.nn.sigmoid(block.linear(p, h))
+    es.append(h)
+  e_out = es[-1]
+  if target is not None:
+    t = jnp.asarray(target, e_out.dtype)
+  elif teacher:
+    t = jax.nn.one_hot(labels, e_out.shape[-1], dtype=e_out.dtype)
+  else:
+    t = e_out
+  n = len(net.blocks)
+  p_ref, b_ref, p_t, b_t = [None] * n, [None] * n, [None] * n, [None] * n
+  a_ref, b_tilde = [None] * (n - 1), [None] * (n - 1)
+  p_ref[-1] = jnp.full_like(e_out, p_baseline)
+  p_t[-1] = p_baseline * (1.0 + (t - e_out) * (1.0 - e_out))
+  b_ref[-1], b_t[-1] = p_ref[-1] * e_out, p_t[-1] * e_out
+  for l in range(n - 2, -1, -1):
+    nxt, e = net.blocks[l + 1], es[l]
+    s_ref = nxt.transpose(state.y[l], b_ref[l + 1]).reshape(e.shape)
+    s_t = nxt.transpose(state.y[l], b_t[l + 1]).reshape(e.shape)
+    b_tilde[l] = jax.nn.sigmoid(s_ref) * e
+    inhibition = 0.0
+    if state.r[l] is not None:
+      inhibition = b_tilde[l] @ state.r[l].T
+    a_ref[l] = s_ref * (1.0 - e) - inhibition
+    p_ref[l] = jax.nn.sigmoid(a_ref[l])
+    p_t[l] = jax.nn.sigmoid(s_t * (1.0 - e) - inhibition)
+    b_ref[l], b_t[l] = p_ref[l] * e, p_t[l] * e
+  delta = tuple((pt - pr) * e for pt, pr, e in zip(p_t, p_ref, es))
+  return BurstpropActivity(tuple(inputs), tuple(es), tuple(p_ref), tuple(b_ref), tuple(a_ref),
+                           tuple(b_tilde), tuple(p_t), tuple(b_t), delta)
+
+
+def burstprop(net: Network, *, p_baseline: float = 0.2, y_mode: str = "random",
+              y_scale: float = 1.0, learn_feedback: bool = False, recurrent: bool = True,
+              r_scale: float = 0.01, r_lr: float = 1e-4, weight_decay: float = 0.0,
+              output_lr_scale: float = 1.0, batch_reduction: str = "mean",
+              teacher: bool = True) -> LearningRule:
+  """Burstprop (Payeur et al. 2021), discrete form: the error is ``p - p̄``, with ``p̄`` from a no-teacher pass.
+
+  Two passes per step on the same batch and the same event rates ``e_l =
+  σ(W_l e_{l-1} + c_l)`` (sigmoid in every layer): a **no-teacher reference
+  pass** and a **teacher pass**. In jaxbio's convention (feedback aligned
+  iff ``Ŷ_l ≈ W_{l+1}^T``; Burstprop's ``Y`` is this ``Ŷ``, with no sign
+  flip), with ``σ`` the logistic sigmoid:
+
+  * output: ``p̄_L = p^b``; ``p_L = p^b [1 + (t - e_L) ⊙ (1 - e_L)]`` (the
+    teacher form jaxbio's BurstCCN uses, so ``δ_L = p^b δ_L^BP``; the
+    output baseline is 0.2 in the authors' code);
+  * hidden, top down, apical input ``s̄_l = Ŷ_l b̄_{l+1}`` (reference) and
+    ``s_l = Ŷ_l b_{l+1}`` (teacher), gain 1, with recurrent inhibition
+    from ``b̃_l = σ(s̄_l) ⊙ e_l``:
+    ``p̄_l = σ(s̄_l ⊙ (1 - e_l) - R_l b̃_l)``,
+    ``p_l = σ(s_l ⊙ (1 - e_l) - R_l b̃_l)``, ``b = p ⊙ e``;
+  * ``δ_l = (p_l - p̄_l) ⊙ e_l``; ``ΔW_l = η ⟨δ_l e_{l-1}^T⟩``, ``Δc_l = η ⟨δ_l⟩``
+    (``⟨·⟩`` a batch mean, or a sum with ``batch_reduction="sum"`` as in
+    Payeur et al.'s code: learning rates do not transfer between the two);
+  * ``R`` pushes the reference apical term ``ā_l = s̄_l ⊙ (1 - e_l) - R_l b̃_l``
+    to 0: ``ΔR_l = η_R Σ_batch ā_l b̃_l^T`` (a batch sum in both authors'
+    codes), gradient descent on ``½‖ā_l‖²``; ``R`` exists in fully connected
+    hidden layers only (none in convolutional ones, as in the authors' CNN);
+  * with ``learn_feedback``, ``Ŷ_l`` receives the update the optimiser gave
+    ``W_{l+1}`` (transposed, so with the same momentum) and the same decay
+    (Kolen-Pollack-like), after every step;
+  * weight decay ``λ`` (decoupled, on the pre-update values) applies to
+    ``W`` and ``Ŷ``, not to biases or ``R``.
+
+  Linearised (a weak teacher), ``δ_l ≈ σ'(ā_l) ⊙ e_l (1 - e_l) ⊙ Ŷ_l δ_{l+1}``:
+  backprop's recursion with an extra gain ``σ'(ā_l)`` per unit, which ``R``
+  drives toward 1/4 by silencing ``ā``.
+
+  Args:
+    net: a jaxbio network with a logistic sigmoid after every layer.
+    p_baseline: the output layer's baseline ``p^b``.
+    y_mode: ``"random"`` (``N(0, y_scale²)``), ``"symmetric_init"`` or
+      ``"tied"`` (``y_scale W_{l+1}^T``, re-copied after every step).
+    y_scale: the feedback scale.
+    learn_feedback: Kolen-Pollack-like feedback learning (not with tied).
+    recurrent: recurrent inhibition ``R`` in the fully connected hidden layers.
+    r_scale: ``R ~ N(0, r_scale²)`` at init.
+    r_lr: ``η_R``.
+    weight_decay: ``λ`` in [0, 1).
+    output_lr_scale: multiplies the output layer's updates (the authors'
+      MNIST code uses a 10x smaller output learning rate); exact for SGD with
+      or without momentum.
+    batch_reduction: ``"mean"`` or ``"sum"`` for the ``W``, ``c`` (and so
+      ``Ŷ``) updates.
+    teacher: False: ``t := e_L`` (no learning signal at all).
+  """
+  check_network(net, "burstprop")
+  _choice("y_mode", y_mode, Y_MODES, "burstprop")
+  _choice("batch_reduction", batch_reduction, BATCH_REDUCTIONS, "burstprop")
+  if not 0 < p_baseline < 1:
+    raise ValueError(f"burstprop p_baseline must be in (0, 1), got {p_baseline}")
+  if y_mode == "tied" and learn_feedback:
+    raise ValueError("burstprop learn_feedback must be False with y_mode='tied' (tied feedback "
+                     "is re-copied from W after every step)")
+  if not 0 <= weight_decay < 1:
+    raise ValueError(f"burstprop weight_decay must be in [0, 1), got {weight_decay}")
+  hidden = range(len(net.blocks) - 1)
+  dtype = net.param_dtype
+  settings = dict(p_baseline=p_baseline, teacher=teacher)
+  with_r = [recurrent and net.blocks[l].kind == "dense" for l in hidden]
+
+  def init(key, params):
+    ky, kr = jax.random.split(key)
+    ys, rs = [], []
+    for l in hidden:
+      w = params[l + 1]["kernel"]
+      if y_mode == "random":
+        ys.append(y_scale * jax.random.normal(jax.random.fold_in(ky, l), w.shape, dtype))
+      else:
+        ys.append(y_scale * w)
+      n = math.prod(net.blocks[l].out_shape)
+      rs.append(r_scale * jax.random.normal(jax.random.fold_in(kr, l), (n, n), dtype)
+                if with_r[l] else None)
+    return BurstpropState(tuple(ys), tuple(rs))
+
+  def update(params, net_state, rule_state, batch, key):
+    del key
+    check_batch(net, batch)
+    act = burstprop_pass(net, params, rule_state, batch["image"], batch["label"], **settings)
+    grads = forward_grads(net, params, BurstActivity(act.inputs, act.e, (), act.p, act.b,
+                                                     act.delta, None),
+                          mean=batch_reduction == "mean")
+    if output_lr_scale != 1.0:
+      grads = (*grads[:-1], jax.tree.map(lambda g: output_lr_scale * g, grads[-1]))
+    rs = tuple(None if r is None else r + r_lr * (act.a_ref[l].T @ act.b_tilde[l])
+               for l, r in enumerate(rule_state.r))
+    labels = batch["label"]
+    metrics = {"loss": jnp.mean(mse_loss(act.e[-1], labels)),
+               "accuracy": jnp.mean((jnp.argmax(act.e[-1], -1) == labels).astype(jnp.float32))}
+    return RuleOutput(tuple(grads), BurstpropState(rule_state.y, rs), net_state, metrics)
+
+  def after_step(rule_state, params, new_params, updates, key):
+    del key
+    y = rule_state.y
+    if learn_feedback:
+      y = tuple((1 - weight_decay) * yy + updates[l + 1]["kernel"] for l, yy in zip(hidden, y))
+    if weight_decay:
+      new_params = tuple(dict(n, kernel=n["kernel"] - weight_decay * p["kernel"])
+                         for n, p in zip(new_params, params))
+    if y_mode == "tied":
+      y = tuple(y_scale * new_params[l + 1]["kernel"] for l in hidden)
+    return rule_state._replace(y=y), new_params
+
+  def feedback(params, rule_state):
+    return {f"layer{l + 1}": (rule_state.y[l], params[l + 1]["kernel"]) for l in hidden}
+
+  def diagnostics(params, net_state, rule_state, batch, key):
+    del net_state, key
+    act = burstprop_pass(net, params, rule_state, batch["image"], batch["label"], **settings)
+    return {f"apical_abs/layer{l}": jnp.mean(jnp.abs(act.a_ref[l])) for l in hidden}
+
+  return LearningRule("burstprop", init, update, feedback, after_step,
                       evaluate=_evaluate(net), references=references(net),
                       diagnostics=diagnostics)
