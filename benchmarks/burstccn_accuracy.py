@@ -50,6 +50,18 @@ def _mean_se(values):
   return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) / math.sqrt(len(values)):.2f}"
 
 
+def _alignment(record):
+  """Per-layer means of a record's alignment metrics: BP angle, Q-Y angle, mean |u|."""
+  out = {}
+  for name, prefix in (("bp angle", "align/update_angle/"), ("Q-Y angle", "align/qy_angle/"),
+                       ("|u|", "align/apical_abs/")):
+    values = [v for k, v in record.items() if k.startswith(prefix) and k.endswith(
+        ".kernel" if prefix == "align/update_angle/" else "")]
+    if values:
+      out[name] = statistics.mean(values)
+  return out
+
+
 def _override(config, item):
   key, _, value = item.partition("=")
   *path, leaf = key.split(".")
@@ -81,20 +93,22 @@ def main(argv):
       with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
       errors = [r["test/error_pct"] for r in records]
-      rows.append((experiment, int(seed), errors, wall))
+      rows.append((experiment, int(seed), errors, wall, _alignment(records[0]),
+                   _alignment(records[-1])))
       dirs.append(workdir)
       labels.append(f"{experiment} seed {seed}")
       logging.info("%s seed %s: %s in %.0f s", experiment, seed, errors, wall)
   plots = plot.plot_runs(dirs, os.path.join(_WORKDIR.value, "plots"), labels=labels)
   print(f"\nplots: {', '.join(plots)}")
   print("| experiment | seed | test error % after epoch 1 | after epoch 2 | best (epoch) | "
-        "wall time |")
-  print("|---|---|---|---|---|---|")
-  for experiment, seed, errors, wall in rows:
+        "wall time | layer means, epoch 1 -> last epoch |")
+  print("|---|---|---|---|---|---|---|")
+  for experiment, seed, errors, wall, first, last in rows:
     best = min(range(len(errors)), key=errors.__getitem__)
     second = f"{errors[1]:.2f}" if len(errors) > 1 else "-"
+    align = "; ".join(f"{k} {first[k]:.3g} -> {last[k]:.3g}" for k in last)
     print(f"| {experiment} | {seed} | {errors[0]:.2f} | {second} | {errors[best]:.2f} "
-          f"({best + 1}) | {wall:.0f} s |")
+          f"({best + 1}) | {wall:.0f} s | {align} |")
   print("\n| experiment | seeds | epoch 1 | epoch 2 | best | the authors' (epoch 1 / 2 / best) |")
   print("|---|---|---|---|---|---|")
   for experiment in _EXPERIMENTS.value:

@@ -8,13 +8,17 @@ SUITES = {
         ("DFA", "bartunov", "mnist,fc,dfa", "2.75"),
     ],
     # Every feedforward rule on Bartunov et al.'s MNIST MLP (784-256x5-10, tanh,
-    # Adam at the Table 5 settings; KP and sign-symmetry, not in the paper, use FA's).
+    # Adam at the Table 5 settings; KP and sign-symmetry, not in the paper, use FA's),
+    # and the burst rules on their own sigmoid MLP (784-500x3-10, SGD; the figures are
+    # Greedy et al.'s best test errors, over 5 seeds and about 200 epochs).
     "compare_mnist_fc": [
         ("BP", "bartunov", "mnist,fc,bp", "1.48"),
         ("FA", "bartunov", "mnist,fc,fa", "1.85"),
         ("DFA", "bartunov", "mnist,fc,dfa", "2.75"),
         ("KP", "bartunov", "mnist,fc,kp", None),
         ("sign-symmetry", "bartunov", "mnist,fc,sign_symmetry", None),
+        ("BurstCCN", "burstccn", "mnist", "1.84"),
+        ("Burstprop", "burstccn", "burstprop_mnist", "1.75"),
     ],
     # Laborieux & Zenke 2024, Fashion-MNIST MLP; the paper's Table 1 and
     # Fig. 4 numbers were not available (only the abstract could be read, and

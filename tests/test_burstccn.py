@@ -418,6 +418,7 @@ def test_reference_state_angles_on_the_mnist_mlp():
 # Through the launcher.
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_launcher_trains_burstccn_on_real_mnist(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top

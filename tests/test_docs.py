@@ -114,6 +114,8 @@ def test_readme_compare_rules_command_runs_every_feedforward_rule():
   from jaxbio import registry  # pylint: disable=g-import-not-at-top
   match = re.search(r"python -m benchmarks.accuracy --suite=(\w+)", README)
   assert match, "the README's compare-rules command"
+  import importlib  # pylint: disable=g-import-not-at-top
   suite = suites.SUITES[match.group(1)]
-  rules = {arg.split(",")[2] for _, module, arg, _ in suite if module == "bartunov"}
+  rules = {importlib.import_module(f"launch.configs.{module}").get_config(arg).rule.name
+           for _, module, arg, _ in suite}
   assert rules == set(registry.rules_of("feedforward"))
