@@ -27,6 +27,8 @@ CASES += [
     ("burstccn_tied_wd", "launch.configs.burstccn", "mnist",
      {"batch_size": 32, "model.widths": (16, 16), "rule.y_mode": "tied", "rule.y_scale": 1.0,
       "rule.q_mode": "tied", "rule.q_lr": 0.0, "rule.weight_decay": 1e-3}),
+    ("burstprop", "launch.configs.burstccn", "burstprop_mnist",
+     {"batch_size": 32, "model.widths": (16, 16)}),
 ]
 HEP_SMALL = {"batch_size": 16, "model.hidden": (16, 16), "model.t_free": 20, "rule.t_nudge": 5}
 CASES += [
