@@ -30,6 +30,7 @@ The apical state ``u_l`` here is the released code's, which includes the gain
        no-teacher steps: t_k := e_L(k), i.e. p_L(k) = p^b
   3. hidden layers, l = L-1 down to 1:
        u_l <- (1 - dt/tau_u) u_l + (dt/tau_u) 4 (1 - e_l(k)) (Y_hat_l b* - Q_hat_l e*)
+         (paper form: the same with (Q_l e* - Y_l b*))
        p_l(k) = sigmoid(u_l),   b_l(k) = p_l(k) e_l(k)
        l = L-1:  (e*, b*) = (e_L(k-1), b_L(k-1))        both of the previous step
        l < L-1:  (e*, b*) = (e_{l+1}(k), b_{l+1}(k-1))  current rate, previous burst rate
@@ -37,7 +38,8 @@ The apical state ``u_l`` here is the released code's, which includes the gain
        hidden: W_l += lr ((p_l(k-1) - p^b) e_l(k)) e_{l-1}(k)^T
        output: W_L += lr ((p_L(k-1) - p^b) e_L(k-1)) e_{L-1}(k)^T
        and c_l += lr times the same postsynaptic factor.
-     The burst probability in the rule is always the previous step's.
+     The burst probability in the rule is always the previous step's. (The rule reads
+     no feedback matrix, so it is the same in the paper's convention.)
   5. teaching steps only, if ``weight_transport``: Y_hat_l = W_{l+1}^T and
      Q_hat_l = p^b W_{l+1}^T, from the W just updated (paper form: Y_l = -W_{l+1}^T,
      Q_l = -p^b W_{l+1}^T).
@@ -54,7 +56,8 @@ kept here; nothing relies on the collapse.
 ``W`` after every teaching step, so in this model the feedback is exact
 (backprop-like, up to the delays) and feedback learning is never tested.
 ``weight_transport=False`` keeps the initial random ``Y_hat``, ``Q_hat`` fixed
-(a feedback-alignment variant, not in the paper).
+(a feedback-alignment variant that is not in the paper; as ``Q_hat`` is then not
+``p^b Y_hat``, the apical input also carries a teacher-independent bias).
 
 **Initial state.** ``v, e, u, p, b`` are 0; ``W_l ~ N(0, 2/(n_{l-1} + n_l))``
 (Glorot normal, gain 1), ``c_l = 0``; before the first teaching step
