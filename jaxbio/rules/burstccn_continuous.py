@@ -319,6 +319,7 @@ def make_task(key: jax.Array, n_inputs: int = 3, n_hidden: int = 25, n_outputs: 
       b2=uniform(kb2, (n_outputs,), 1 / math.sqrt(n_hidden)))
 
 
+@jax.jit
 def task_inputs(task: Task, k: jax.Array) -> jax.Array:
   """``x_{k,i} = cos(omega_i k + phi_i)`` for the integer step ``k`` (``0 <= k < 2^32``).
 
@@ -330,6 +331,7 @@ def task_inputs(task: Task, k: jax.Array) -> jax.Array:
   return jnp.cos((2 * math.pi / 2 ** _PHASE_BITS) * turns.astype(dtype) + task.phi)
 
 
+@jax.jit
 def task_target(task: Task, x: jax.Array) -> jax.Array:
   """The target network's output ``sigmoid(w2 sigmoid(w1 x + b1) + b2)``."""
   return jax.nn.sigmoid(task.w2 @ jax.nn.sigmoid(task.w1 @ x + task.b1) + task.b2)
