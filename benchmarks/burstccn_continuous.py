@@ -117,8 +117,8 @@ def main(argv):
         + " | ".join(str(REFERENCE_MSE.get(k, "")) for k in spans) + " | | |")
   med = statistics.median(us)
   print(f"\nspeed: median {med:.2f} us/step = {1e6 / med:,.0f} simulated steps/s over "
-        f"{len(us)} runs of {schedule.total} steps (compile excluded: the warm-up run took {warmup:.1f} s); "
-        f"released code {1e3 * REFERENCE_MS_PER_STEP:.0f} us/step, "
+        f"{len(us)} runs of {schedule.total} steps (compile excluded: the warm-up run took "
+        f"{warmup:.1f} s); released code {1e3 * REFERENCE_MS_PER_STEP:.0f} us/step, "
         f"{REFERENCE_MS_PER_STEP * 1e3 / med:.0f}x this")
 
 
