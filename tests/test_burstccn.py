@@ -71,18 +71,19 @@ def test_matches_the_authors_code_step_by_step(name, free_running):
     tx = optax.sgd(0.3)
     params, state = _state_from_trace(d, 0)
     opt_state = tx.init(params)
+    burst_pass = jax.jit(lambda p, s, x, l: bc.burst_pass(net, p, s, x, l))
+    step = jax.jit(lambda *args: _step(rule, tx, *args))
     for k in range(d["x"].shape[0]):
       if not free_running:
         params, state = _state_from_trace(d, k)
       x, labels = jnp.asarray(d["x"][k]), jnp.asarray(d["labels"][k], jnp.int32)
-      act = bc.burst_pass(net, params, state, x, labels)
+      act = burst_pass(params, state, x, labels)
       for l in (1, 2, 3):
         for q in ("e", "p", "b", "db"):
           _close(getattr(act, q)[l - 1], d[f"{q}{l}"][k], f"step {k} {q}{l}")
       for l in (1, 2):
         _close(act.u[l - 1], d[f"u{l}"][k], f"step {k} u{l}")
-      params, opt_state, state, updates, out = _step(rule, tx, params, opt_state, state, x,
-                                                      labels)
+      params, opt_state, state, updates, out = step(params, opt_state, state, x, labels)
       for l in (1, 2, 3):
         _close(updates[l - 1]["kernel"].T, d[f"dW{l}"][k], f"step {k} dW{l}")
         _close(updates[l - 1]["bias"], d[f"dc{l}"][k], f"step {k} dc{l}")
@@ -110,13 +111,12 @@ def test_references_and_angles_match_the_authors_code(name):
   with jax.enable_x64(True):
     net = _net([15, 12], 20, 10, dtype="float64")
     rule = _rule_for(name, net)
-    bp, fa = rule.references
+    grads = jax.jit(lambda p, s, b: tuple(r.update(p, ({},) * 3, s, b, None).grads
+                                          for r in (*rule.references, rule)))
     for k in range(d["x"].shape[0]):
       params, state = _state_from_trace(d, k)
       batch = {"image": jnp.asarray(d["x"][k]), "label": jnp.asarray(d["labels"][k], jnp.int32)}
-      g_bp = bp.update(params, ({},) * 3, state, batch, None).grads
-      g_fa = fa.update(params, ({},) * 3, state, batch, None).grads
-      own = rule.update(params, ({},) * 3, state, batch, None).grads
+      g_bp, g_fa, own = grads(params, state, batch)
       for l in (1, 2, 3):
         _close(g_bp[l - 1]["kernel"].T, d[f"gW_bp{l}"][k], f"gW_bp{l}")
         _close(g_bp[l - 1]["bias"], d[f"gc_bp{l}"][k], f"gc_bp{l}")
