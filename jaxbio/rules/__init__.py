@@ -5,6 +5,7 @@ from jaxbio.rules.base import (EmptyState, LearningRule, Pass, Phase, RuleOutput
 from jaxbio.rules.burst import BurstState, burstccn
 from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
                                    feedback_alignment, kolen_pollack, sign_symmetry)
+from jaxbio.rules.target_prop import TPState, ao_sdtp, dtp, sdtp, tp
 
 # Rules on feedforward (sequential) networks, by registry name.
 FEEDFORWARD_RULES = {
@@ -14,6 +15,10 @@ FEEDFORWARD_RULES = {
     "kp": kolen_pollack,
     "sign_symmetry": sign_symmetry,
     "burstccn": burstccn,
+    "tp": tp,
+    "dtp": dtp,
+    "sdtp": sdtp,
+    "ao_sdtp": ao_sdtp,
 }
 
 __all__ = [
@@ -21,4 +26,5 @@ __all__ = [
     "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
     "kolen_pollack", "sign_symmetry", "burstccn", "BurstState", "FEEDFORWARD_RULES",
+    "tp", "dtp", "sdtp", "ao_sdtp", "TPState",
 ]
