@@ -493,3 +493,53 @@ def test_launcher_trains_dtp_on_real_mnist(tmp_path):
   assert last["align/update_angle/5.kernel"] < 0.1
   # The inverses learn during the inverse passes.
   assert last["train_inverse/inverse_loss"] < records[0]["train_inverse/inverse_loss"]
+
+
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
+def test_resume_inside_the_forward_pass_of_an_alternating_epoch_is_bit_identical(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from jaxbio import checkpoint, data, train  # pylint: disable=g-import-not-at-top
+  from launch.configs import bartunov  # pylint: disable=g-import-not-at-top
+  shared = data.shared_data_dir()
+  if shared is None:
+    pytest.skip("../shared/data/tfds (real MNIST) not present")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = ["--config=launch/configs/bartunov.py:mnist,fc,dtp", f"--config.dataset.data_dir={shared}",
+           "--config.dataset.train_split=train[:2560]", "--config.dataset.test_split=test[:500]",
+           "--config.batch_size=32", "--config.model.widths=(32,32)", "--config.num_epochs=1",
+           "--config.steps_per_call=10", "--config.checkpoint.every_steps=10",
+           "--config.checkpoint.keep=100", "--config.alignment_every=40"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+  run = lambda w: subprocess.run([sys.executable, "-m", "launch.main", f"--workdir={w}", *flags],
+                                 cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+  ref = run(tmp_path / "ref")
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  # 80 steps per pass: steps 0-79 train the inverses, 80-159 the forward weights.
+  work = tmp_path / "resumed"
+  shutil.copytree(tmp_path / "ref", work)
+  for d in (work / "checkpoints").iterdir():
+    if d.name.isdigit() and int(d.name) > 120:
+      shutil.rmtree(d)
+  (work / "metrics.jsonl").unlink()
+  resumed = run(work)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resuming from the checkpoint of step 120" in resumed.stderr
+  config = bartunov.get_config("mnist,fc,dtp")
+  config.batch_size, config.model.widths = 32, (32, 32)
+  exp = train.build_experiment(config, 2560)
+  target = jax.eval_shape(lambda: train.init_state(exp, 0))
+  states = []
+  for w in (tmp_path / "ref", work):
+    ckpt = checkpoint.Checkpointer(str(w / "checkpoints"))
+    state, _, step = ckpt.restore_latest(target)
+    ckpt.close()
+    assert step == 160
+    states.append(state)
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  got = json.loads((work / "metrics.jsonl").read_text().splitlines()[-1])
+  want = json.loads((tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()[-1])
+  for k in ("train/loss", "train_inverse/inverse_loss", "test/loss"):
+    assert got[k] == pytest.approx(want[k], rel=1e-9), k
