@@ -429,6 +429,25 @@ def test_sdtp_trains_locally_connected_inverses():
     assert not np.allclose(out.rule_state.inverse[i]["kernel"], state.inverse[i]["kernel"])
 
 
+def test_table3_networks_and_inverse_parameter_counts():
+  from jaxbio import train  # pylint: disable=g-import-not-at-top
+  from launch.configs import bartunov  # pylint: disable=g-import-not-at-top
+  counts = {("mnist", "fc"): 466_698, ("mnist", "lc"): 4_191_562,
+            ("cifar10", "fc"): 5_256_202, ("cifar10", "lc"): 50_039_818}
+  for (dataset, arch), want in counts.items():
+    exp = train.build_experiment(bartunov.get_config(f"{dataset},{arch},sdtp"), 1280)
+    params = jax.eval_shape(exp.net.init, jax.random.key(0))[0]
+    assert nets.num_params(params) == want, (dataset, arch)
+    state = jax.eval_shape(exp.rule.init, jax.random.key(1), params)
+    # SDTP has an inverse for every layer but the first: kernels of the forward
+    # kernels' shapes, biases of their inputs' shapes.
+    first = params[0]
+    inv = nets.num_params(state.inverse)
+    assert inv == want - first["kernel"].size - first["bias"].size - sum(
+        p["bias"].size for p in params[1:]) + sum(
+            int(np.prod(b.in_shape)) for b in exp.net.blocks[1:]), (dataset, arch)
+
+
 def test_matmuls_run_at_highest_precision():
   net = nets.mlp((6,), [5, 5], 3)
   params, _ = net.init(jax.random.key(0))
