@@ -16,19 +16,21 @@ from jaxbio import train
 class ChunkRunner:
   """The trainer's compiled chunk (``steps_per_call`` steps) on random data of the real shape.
 
+  ``pass_index`` picks the pass of a rule with several (e.g. target
+  propagation's alternating schedule: 0 inverse, 1 forward).
   ``runner()`` runs one call and blocks until it is done; ``runner.state`` is
   the current train state. ``trace_seconds`` and ``compile_seconds`` are the
   times taken to trace and lower the chunk and to compile it (XLA).
   """
 
-  def __init__(self, config, image_shape, devices=None, seed: int = 0):
+  def __init__(self, config, image_shape, devices=None, seed: int = 0, pass_index: int = 0):
     devices = devices or jax.devices()
     self.steps = config.steps_per_call
     n = config.batch_size * self.steps
     self.exp = train.build_experiment(config, n)
     mesh = train.make_mesh(devices)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self._chunk = train.make_train_chunk(self.exp, config, mesh)
+    self._chunk = train.make_train_chunk(self.exp, config, mesh, pass_index=pass_index)
     rng = np.random.default_rng(seed)
     put = lambda x: jax.device_put(x, rep)
     self._args = (put(rng.integers(0, 256, (n, *image_shape), np.uint8)),

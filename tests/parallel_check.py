@@ -24,13 +24,16 @@ def run(config, devices, images, labels, steps):
   exp = train.build_experiment(config, images.shape[0])
   mesh = train.make_mesh(devices)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  chunk = train.make_train_chunk(exp, config, mesh)
   state = jax.jit(lambda: train.init_state(exp, 0), out_shardings=replicated)()
   idx = np.arange(steps * config.batch_size, dtype=np.int32).reshape(steps, -1)
   put = lambda x: jax.device_put(x, replicated)
-  out = chunk(state, put(images), put(labels), put(idx), put(np.int32(steps)), put(np.float32(np.nan)))
-  assert int(out.bad) == 0
-  return jax.device_get((out.state.params, out.state.rule_state, out.state.net_state))
+  for p in range(len(exp.passes)):  # every pass of the epoch (e.g. TP's inverse, then forward)
+    chunk = train.make_train_chunk(exp, config, mesh, pass_index=p)
+    out = chunk(state, put(images), put(labels), put(idx), put(np.int32(steps)),
+                put(np.float32(np.nan)))
+    assert int(out.bad) == 0
+    state = out.state
+  return jax.device_get((state.params, state.rule_state, state.net_state))
 
 
 def main():

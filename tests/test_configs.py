@@ -11,6 +11,8 @@ from launch.configs import bartunov, hep_conv, hep_fmnist
 
 ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc", "lc", "conv")
         for r in bartunov.RULES] +
+       [(bartunov, f"{d},{a},{r},parallel") for d in ("mnist", "cifar10") for a in ("fc", "lc")
+        for r in bartunov.TP_RULES] +
        [(hep_fmnist, a) for a in ("table1,1,0.05", "table1,4,0.5", "online", "fig3,bptt,45",
                                   "fig3,hep,90", "fig4_reciprocal,0", "fig4_reciprocal,1.0",
                                   "fig4_loop,0.1")] +
@@ -26,7 +28,7 @@ def test_config_builds(module, arg):
   params, _ = jax.eval_shape(exp.net.init, jax.random.key(0))
   opt_state = jax.eval_shape(exp.tx.init, params)
   assert jax.tree.leaves(opt_state)
-  assert exp.total_steps == config.num_epochs * (50_000 // config.batch_size)
+  assert exp.total_steps == config.num_epochs * len(exp.passes) * (50_000 // config.batch_size)
 
 
 def test_paper_hyperparameters_are_carried():
@@ -38,6 +40,25 @@ def test_paper_hyperparameters_are_carried():
   assert c.optimizer.lr_multipliers["in-conv1"] == 25.0 and c.dataset.std_multiplier == 1.5
   c = hep_fmnist.get_config("fig4_reciprocal,1.0")
   assert c.model.angle_deg == 90.0 and c.optimizer.name == "adamw"
+
+
+def test_target_prop_table5_hyperparameters_are_carried():
+  c = bartunov.get_config("mnist,fc,dtp")
+  assert c.rule.schedule == "alternating" and (c.rule.alpha, c.rule.sigma) == (0.231758, 0.220444)
+  assert (c.optimizer.learning_rate, c.optimizer.b1, c.optimizer.b2, c.optimizer.eps) == (
+      0.000308, 0.99, 0.99, 1e-4)
+  inv = c.rule.inverse_optimizer
+  assert (inv.name, inv.learning_rate, inv.b1, inv.b2, inv.eps) == ("adam", 0.004593, 0.99,
+                                                                   0.999, 1e-4)
+  c = bartunov.get_config("cifar10,lc,ao_sdtp,parallel")  # AO-SDTP borrows SDTP's optimum.
+  assert c.rule.schedule == "parallel" and c.rule.n_z == 512 and c.rule.sigma == 0.299769
+  assert "alpha" not in c.rule and c.optimizer.learning_rate == 0.000020
+  assert c.rule.inverse_optimizer.learning_rate == 0.000261 and c.model.pool == ""
+  exp = train.build_experiment(bartunov.get_config("mnist,fc,sdtp"), 1280)
+  assert [p.name for p in exp.passes] == ["inverse", "forward"]
+  with pytest.raises(ValueError, match="a schedule .'parallel'. is only for the target "
+                                       "propagation rules: dtp, sdtp, ao_sdtp, tp"):
+    bartunov.get_config("mnist,fc,bp,parallel")
 
 
 @pytest.mark.parametrize("module,arg,message", [

@@ -30,6 +30,18 @@ CASES += [
     ("burstprop", "launch.configs.burstccn", "burstprop_mnist",
      {"batch_size": 32, "model.widths": (16, 16)}),
 ]
+CASES += [  # target propagation: both schedules (alternating runs both of its passes).
+    ("dtp", "launch.configs.bartunov", "mnist,fc,dtp", SMALL),
+    ("dtp_parallel", "launch.configs.bartunov", "mnist,fc,dtp,parallel", SMALL),
+    ("sdtp", "launch.configs.bartunov", "mnist,fc,sdtp", SMALL),
+    ("sdtp_parallel", "launch.configs.bartunov", "mnist,fc,sdtp,parallel", SMALL),
+    ("ao_sdtp", "launch.configs.bartunov", "mnist,fc,ao_sdtp", {**SMALL, "rule.n_z": 8}),
+    ("ao_sdtp_parallel", "launch.configs.bartunov", "mnist,fc,ao_sdtp,parallel",
+     {**SMALL, "rule.n_z": 8}),
+    ("tp_parallel", "launch.configs.bartunov", "mnist,fc,tp,parallel", SMALL),
+    ("dtp_lc", "launch.configs.bartunov", "mnist,lc,dtp",
+     {"batch_size": 32, "model.convs": ((4, 3, 2),), "model.dense": (16,)}),
+]
 HEP_SMALL = {"batch_size": 16, "model.hidden": (16, 16), "model.t_free": 20, "rule.t_nudge": 5}
 CASES += [
     ("hep_n0_homeostasis", "launch.configs.hep_fmnist", "fig4_reciprocal,1.0", HEP_SMALL),

@@ -5,6 +5,7 @@ from jaxbio.rules.base import (EmptyState, LearningRule, Pass, Phase, RuleOutput
 from jaxbio.rules.burst import BurstpropState, BurstState, burstccn, burstprop
 from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
                                    feedback_alignment, kolen_pollack, sign_symmetry)
+from jaxbio.rules.target_prop import TPState, ao_sdtp, dtp, sdtp, tp
 
 # Rules on feedforward (sequential) networks, by registry name.
 FEEDFORWARD_RULES = {
@@ -15,11 +16,16 @@ FEEDFORWARD_RULES = {
     "sign_symmetry": sign_symmetry,
     "burstccn": burstccn,
     "burstprop": burstprop,
+    "tp": tp,
+    "dtp": dtp,
+    "sdtp": sdtp,
+    "ao_sdtp": ao_sdtp,
 }
 
 __all__ = [
     "EmptyState", "FeedbackState", "LearningRule", "Pass", "Phase", "RuleOutput", "accuracy",
     "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
-    "kolen_pollack", "sign_symmetry", "burstccn", "burstprop", "BurstState", "BurstpropState", "FEEDFORWARD_RULES",
+    "kolen_pollack", "sign_symmetry", "burstccn", "burstprop", "BurstState", "BurstpropState",
+    "tp", "dtp", "sdtp", "ao_sdtp", "TPState", "FEEDFORWARD_RULES",
 ]

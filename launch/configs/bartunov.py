@@ -1,13 +1,36 @@
-"""Bartunov et al. (2018): BP, FA, DFA (and KP, sign-symmetry) on MNIST and CIFAR-10.
+"""Bartunov et al. (2018): target propagation and BP, FA, DFA (and KP, sign-symmetry).
 
-Usage: ``--config=launch/configs/bartunov.py:<dataset>,<arch>,<rule>[,runlocal]``
+Usage: ``--config=launch/configs/bartunov.py:<dataset>,<arch>,<rule>[,<schedule>][,runlocal]``
 
 * dataset: ``mnist`` or ``cifar10``;
 * arch: ``fc`` (fully connected), ``lc`` (locally connected, no pooling) or
   ``conv`` (the same geometry with shared weights: the paper's "BP ConvNet");
 * rule: ``bp``, ``fa``, ``dfa`` (Table 5 optima), or ``kp``, ``sign_symmetry``
-  (not in the paper; they use FA's optimiser settings);
+  (not in the paper; they use FA's optimiser settings), or the target
+  propagation family ``dtp``, ``sdtp``, ``ao_sdtp`` (Table 5 optima; the paper
+  gives none for AO-SDTP, which uses SDTP's, with ``n_z = 512`` auxiliary
+  outputs) and ``tp`` (vanilla TP with DTP's gradient top target: not in the
+  paper's tables, it uses DTP's settings);
+* schedule (target propagation only): ``alternating`` (the default: an epoch
+  is an inverse-only pass then a forward-only pass over the training set) or
+  ``parallel`` (both from every batch); Table 5 has separate optima for each;
 * ``runlocal``: one epoch, for a smoke run.
+
+Every Table 1 row is one config, e.g. ``mnist,fc,dtp`` (DTP, alternating),
+``mnist,fc,sdtp,parallel``, ``cifar10,lc,ao_sdtp``. For target propagation
+the forward weights use ``config.optimizer`` (Adam with Table 5's forward
+lr, β1, β2, ε) and the inverses ``config.rule.inverse_optimizer`` (Adam with
+the inverse columns); ``rule.alpha`` is DTP's top-target step, read as a step
+on each example's own loss gradient (a code that differentiates the
+batch-mean loss would need ``B`` times it), and ``rule.sigma`` the inverse
+noise. On ``conv`` the target propagation rules use the LC optima.
+
+Table 5's MNIST-FC TP rows print β1 = 0.99 although Table 4 fixes β1 at 0.9;
+they are carried as printed. With them, ``mnist,fc,sdtp,parallel`` (inverse
+Adam β1 = 0.99, β2 = 0.95) reached 88.7 % test accuracy after one epoch and
+then collapsed to chance by epoch 3 in a 5-epoch run, while the same run with
+``--config.rule.inverse_optimizer.b1=0.9`` kept improving (93.5 % after 4
+epochs).
 
 Architectures are the paper's Table 3 (tanh everywhere, Glorot uniform,
 softmax output, SAME padding, untied biases in LC layers); the optimiser is
@@ -15,6 +38,8 @@ Adam with the Table 5 optimum for (dataset, arch, rule), beta1 = 0.9. The batch
 size is unstated in the paper; 128 is used. The paper reports the best test
 error within 500 epochs (Table 1).
 """
+
+import ml_collections
 
 from launch.configs import common
 
@@ -43,7 +68,46 @@ _ADAM = {
     ("cifar10", "lc", "fa"): (0.000022, 0.999, 1e-8),
     ("cifar10", "lc", "dfa"): (0.000040, 0.999, 1e-8),
 }
-RULES = ("bp", "fa", "dfa", "kp", "sign_symmetry")
+TP_RULES = ("dtp", "sdtp", "ao_sdtp", "tp")
+RULES = ("bp", "fa", "dfa", "kp", "sign_symmetry") + TP_RULES
+SCHEDULES = ("alternating", "parallel")
+
+# Table 5, target propagation: (dataset, arch, method, schedule) ->
+# (forward lr, b1, b2, eps), (inverse lr, b1, b2, eps), alpha (DTP only), sigma.
+_TP = {
+    ("mnist", "fc", "dtp", "parallel"):
+        ((0.000757, 0.99, 0.95, 1e-3), (0.000768, 0.99, 0.999, 1e-4), 0.15008, 0.36133),
+    ("mnist", "fc", "dtp", "alternating"):
+        ((0.000308, 0.99, 0.99, 1e-4), (0.004593, 0.99, 0.999, 1e-4), 0.231758, 0.220444),
+    ("mnist", "fc", "sdtp", "parallel"):
+        ((0.000402, 0.99, 0.999, 1e-8), (0.001101, 0.99, 0.95, 1e-6), None, 0.213995),
+    ("mnist", "fc", "sdtp", "alternating"):
+        ((0.000301, 0.9, 0.95, 1e-4), (0.009572, 0.9, 0.95, 1e-3), None, 0.118267),
+    ("mnist", "lc", "dtp", "parallel"):
+        ((0.000905, 0.9, 0.99, 1e-4), (0.001239, 0.9, 0.999, 1e-4), 0.116131, 0.099236),
+    ("mnist", "lc", "dtp", "alternating"):
+        ((0.001481, 0.9, 0.99, 1e-4), (0.000137, 0.9, 0.999, 1e-6), 0.310892, 0.366964),
+    ("mnist", "lc", "sdtp", "parallel"):
+        ((0.000145, 0.9, 0.99, 1e-6), (0.001652, 0.9, 0.999, 1e-4), None, 0.061555),
+    ("mnist", "lc", "sdtp", "alternating"):
+        ((0.000651, 0.9, 0.99, 1e-4), (0.003741, 0.9, 0.99, 1e-4), None, 0.134739),
+    ("cifar10", "fc", "dtp", "parallel"):
+        ((0.000012, 0.9, 0.999, 1e-8), (0.000039, 0.9, 0.99, 1e-6), 0.125693, 0.169783),
+    ("cifar10", "fc", "dtp", "alternating"):
+        ((0.000013, 0.9, 0.999, 1e-8), (0.000114, 0.9, 0.99, 1e-4), 0.172085, 0.134811),
+    ("cifar10", "fc", "sdtp", "parallel"):
+        ((0.000129, 0.9, 0.99, 1e-6), (0.000011, 0.9, 0.99, 1e-6), None, 0.273341),
+    ("cifar10", "fc", "sdtp", "alternating"):
+        ((0.000041, 0.9, 0.99, 1e-4), (0.000014, 0.9, 0.99, 1e-8), None, 0.125678),
+    ("cifar10", "lc", "dtp", "parallel"):
+        ((0.000032, 0.9, 0.99, 1e-6), (0.000852, 0.9, 0.999, 1e-4), 0.189828, 0.146728),
+    ("cifar10", "lc", "dtp", "alternating"):
+        ((0.000036, 0.9, 0.99, 1e-8), (0.000389, 0.9, 0.999, 1e-8), 0.208141, 0.094869),
+    ("cifar10", "lc", "sdtp", "parallel"):
+        ((0.000020, 0.9, 0.99, 1e-4), (0.000261, 0.9, 0.999, 1e-6), None, 0.299769),
+    ("cifar10", "lc", "sdtp", "alternating"):
+        ((0.000109, 0.9, 0.99, 1e-4), (0.000011, 0.9, 0.99, 1e-8), None, 0.023804),
+}
 
 
 def _choice(kind, value, valid):
@@ -55,7 +119,7 @@ def _choice(kind, value, valid):
 def get_config(arg: str = "mnist,fc,bp"):
   parts = arg.split(",")
   if len(parts) < 3:
-    raise ValueError(f"expected '<dataset>,<arch>,<rule>[,runlocal]', got {arg!r}")
+    raise ValueError(f"expected '<dataset>,<arch>,<rule>[,<schedule>][,runlocal]', got {arg!r}")
   dataset, arch, rule, *extra = parts
   _choice("dataset", dataset, ("mnist", "cifar10"))
   _choice("arch", arch, ("fc", "lc", "conv"))
@@ -71,12 +135,20 @@ def get_config(arg: str = "mnist,fc,bp"):
   c.rule.name = rule
   if rule == "kp":
     c.rule.weight_decay = 0.0  # Akrout et al.'s reference runs: no decay.
+  schedule = next((e for e in extra if e in SCHEDULES), None)
+  extra = [e for e in extra if e not in SCHEDULES]
+  if schedule is not None and rule not in TP_RULES:
+    raise ValueError(f"a schedule ({schedule!r}) is only for the target propagation rules: "
+                     f"{', '.join(TP_RULES)}")
+  if rule in TP_RULES:
+    _tp_settings(c, dataset, arch, rule, schedule or "alternating")
   table_rule = "fa" if rule in ("kp", "sign_symmetry") else rule
   key = (dataset, arch, table_rule)
   if key not in _ADAM:  # e.g. FA on the ConvNet: not in Table 5, use the LC optimum.
     key = (dataset, "lc", table_rule)
-  lr, b2, eps = _ADAM[key]
-  c.optimizer.update(dict(name="adam", learning_rate=lr, b1=0.9, b2=b2, eps=eps))
+  if rule not in TP_RULES:
+    lr, b2, eps = _ADAM[key]
+    c.optimizer.update(dict(name="adam", learning_rate=lr, b1=0.9, b2=b2, eps=eps))
   if dataset == "cifar10":
     c.dataset.normalize = "standardize"
     c.dataset.augment = "crop_flip"  # the paper's "flips and random crops", horizontal.
@@ -85,5 +157,22 @@ def get_config(arg: str = "mnist,fc,bp"):
   if "runlocal" in extra:
     c.num_epochs = 1
   elif any(extra):
-    raise ValueError(f"unknown config option {extra!r}; valid choices: runlocal")
+    raise ValueError(f"unknown config option {extra!r}; valid choices: runlocal, "
+                     f"{', '.join(SCHEDULES)}")
   return c
+
+
+def _tp_settings(c, dataset, arch, rule, schedule):
+  """Table 5's optimum for a target propagation rule (AO-SDTP: SDTP's; TP: DTP's)."""
+  method = {"ao_sdtp": "sdtp", "tp": "dtp"}.get(rule, rule)
+  fwd, inv, alpha, sigma = _TP[(dataset, "lc" if arch == "conv" else arch, method, schedule)]
+  adam = lambda lr, b1, b2, eps: dict(name="adam", learning_rate=lr, b1=b1, b2=b2, eps=eps)
+  c.optimizer.update(adam(*fwd))
+  c.rule.schedule = schedule
+  c.rule.sigma = sigma
+  c.rule.inverse_optimizer = ml_collections.ConfigDict(
+      dict(adam(*inv), momentum=0.0, weight_decay=0.0, schedule="constant"))
+  if alpha is not None:
+    c.rule.alpha = alpha
+  if rule == "ao_sdtp":
+    c.rule.n_z = 512
