@@ -12,6 +12,7 @@ import dataclasses
 
 NORMALIZE_MODES = ("scale", "standardize")
 AUGMENTATIONS = ("none", "crop_flip", "flip")
+CHUNK_LOOPS = ("while", "unrolled")
 PLACEMENTS = ("device", "host")
 CONFIG_VERSION = 1
 
@@ -214,6 +215,9 @@ def validate(config) -> None:
     raise ValueError(f"config.checkpoint needs every_steps >= 0 and keep >= 1, got "
                      f"every_steps={ckpt.every_steps}, keep={ckpt.keep}")
   check_placement(config.get("data_placement", "device"))
+  loop = config.get("chunk_loop", "while")
+  if loop not in CHUNK_LOOPS:
+    raise ValueError(f"unknown chunk_loop {loop!r}; valid choices: {', '.join(CHUNK_LOOPS)}")
   if config.dataset.normalize not in NORMALIZE_MODES:
     raise ValueError(f"unknown dataset.normalize {config.dataset.normalize!r}; valid choices: "
                      f"{', '.join(NORMALIZE_MODES)}")

@@ -89,6 +89,7 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
   preprocess = make_preprocess(config, exp.dataset)
   batch_sharding = NamedSharding(mesh, P("data"))
   factor = float(config.get("divergence_factor", 0.0))
+  unrolled = config.get("chunk_loop", "while") == "unrolled"
   rule_pass = exp.passes[pass_index]
   first_step = pass_index * exp.steps_per_pass  # the pass's first step of the run.
 
@@ -140,7 +141,18 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
 
     init = (state, sums0, jnp.int32(Bad.NONE), jnp.int32(-1), jnp.float32(jnp.nan),
             jnp.asarray(first_loss, jnp.float32))
-    state, sums, bad, bad_step, bad_value, first = jax.lax.fori_loop(0, num_steps, body, init)
+    if unrolled:
+      # Straight-line code, one copy of the step per row of idx; steps past num_steps leave
+      # the carry unchanged. XLA:CPU runs convolutions inside a while loop several times
+      # slower than outside one, so conv nets on CPU train faster this way.
+      carry = init
+      for i in range(idx.shape[0]):
+        new = body(i, carry)
+        carry = jax.tree.map(lambda n, o, i=i: jnp.where(i < num_steps, n, o), new, carry)
+      state, sums, bad, bad_step, bad_value, first = carry
+    else:
+      state, sums, bad, bad_step, bad_value, first = jax.lax.fori_loop(0, num_steps, body,
+                                                                       init)
     whole = all_finite((state.params, state.opt_state, state.rule_state, state.net_state))
     late = (bad == Bad.NONE) & ~whole  # caught only by the end-of-chunk check.
     bad = jnp.where(late, Bad.STATE, bad)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbio import data, train
+from jaxbio import data, registry, train
 from jaxbio.data import testing as data_testing
 from launch.configs import bartunov
 
@@ -189,6 +189,38 @@ def test_train_chunk_compiles_once_for_every_chunk_length():
     state, sums, bad, _, _, first = chunk(state, images, labels, idx, jax.numpy.int32(n), first)
   assert int(state.step) == 11 and int(bad) == 0
   assert chunk._cache_size() == 1
+
+
+def test_unrolled_chunk_equals_the_while_loop_chunk():
+  # A small MLP with batch norm and KP (after_step), chunks of 3, 1 and 0 steps.
+  rng = np.random.default_rng(0)
+  images = jax.numpy.asarray(rng.integers(0, 256, (256, 28, 28, 1), np.uint8))
+  labels = jax.numpy.asarray(rng.integers(0, 10, (256,), np.int32))
+  idx = jax.numpy.asarray(rng.integers(0, 256, (3, 16), np.int32))
+  results = {}
+  for loop in ("while", "unrolled"):
+    config = bartunov.get_config("mnist,fc,kp")
+    config.update(dict(batch_size=16, steps_per_call=3, chunk_loop=loop))
+    config.model.update(dict(widths=(8, 8), batch_norm=True))
+    exp = train.build_experiment(config, 256)
+    mesh = train.make_mesh(jax.devices()[:1])
+    chunk = train.make_train_chunk(exp, config, mesh)
+    state = train.init_state(exp, 0)
+    first = np.float32(np.nan)
+    for n in (3, 1, 0):
+      state, sums, bad, _, _, first = chunk(state, images, labels, idx, jax.numpy.int32(n),
+                                            first)
+    assert int(state.step) == 4 and int(bad) == 0
+    results[loop] = jax.device_get((state, sums, first))
+  for a, b in zip(jax.tree.leaves(results["while"]), jax.tree.leaves(results["unrolled"])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="unknown chunk_loop 'bogus'; valid choices: while, unrolled"):
+    registry.validate(_with(bartunov.get_config("mnist,fc,bp"), chunk_loop="bogus"))
+
+
+def _with(config, **fields):
+  config.update(fields)
+  return config
 
 
 @pytest.mark.slow  # in CI's slow run (see setup.cfg)

@@ -91,6 +91,7 @@ def get_config(arg: str = "mnist"):
     c.rule.update(dict(y_mode="tied" if tied else "random", y_scale=1.0, q_lr=0.001))
     c.optimizer.learning_rate = 0.1
     c.num_epochs = 400
+    c.update(dict(chunk_loop="unrolled", steps_per_call=5))  # XLA:CPU's slow convs in loops.
   elif experiment.startswith("burstprop"):
     c.rule = ml_collections.ConfigDict(dict(
         name="burstprop", p_baseline=0.2, y_mode="random", y_scale=0.5, recurrent=True,
@@ -114,6 +115,7 @@ def get_config(arg: str = "mnist"):
                          batch_reduction="sum"))
       c.optimizer.update(dict(learning_rate=0.01, momentum=0.9))
       c.num_epochs = 500
+      c.update(dict(chunk_loop="unrolled", steps_per_call=5))
   if "runlocal" in extra:
     c.num_epochs = 1
   return c

@@ -12,6 +12,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_epochs = 10
   c.steps_per_call = 100        # training steps per compiled call.
+  # "while": the chunk's steps in one XLA while loop; "unrolled": one copy of the step
+  # per step of the chunk (compile time grows with steps_per_call). XLA:CPU runs
+  # convolutions inside a while loop several times slower, so conv nets on CPU use
+  # "unrolled" with few steps per call.
+  c.chunk_loop = "while"
   # "device": the decoded split on every device, batches gathered on device
   # (fastest; for datasets that fit). "host": the split in host memory; each
   # process sends only its own slice of every batch to its devices.
