@@ -60,7 +60,7 @@ def _close(a, ref, what):
 
 
 @pytest.mark.parametrize("name", ["A", "B"])
-@pytest.mark.parametrize("free_running", [False, True])
+@pytest.mark.parametrize("free_running", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_matches_the_authors_code_step_by_step(name, free_running):
   d = _trace(name)
   cfg = json.loads(str(d["config_json"]))

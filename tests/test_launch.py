@@ -80,7 +80,7 @@ def test_bad_config_argument_is_one_line(tmp_path):
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1] == (
       "jaxbio: error: launch/configs/bartunov.py: unknown rule 'bogus' for this config; "
-      "valid choices: bp, fa, dfa, kp, sign_symmetry")
+      "valid choices: bp, fa, dfa, kp, sign_symmetry, dtp, sdtp, ao_sdtp, tp")
   proc = _launch(tmp_path, "--config=launch/configs/nope.py")
   assert proc.stderr.strip().splitlines()[-1] == (
       "jaxbio: error: config file 'launch/configs/nope.py' not found")

@@ -270,6 +270,7 @@ def _fit_linear_inverse(inverse_loss, sigma, d=6, n=100_000):
   return params[1]["kernel"], v.reshape(d, d), h0, jax.jit(loss)(v)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_inverse_loss_minimisers_match_their_closed_forms():
   with jax.enable_x64(True):
     sigma = 0.3
@@ -318,7 +319,8 @@ def test_inverse_noise_is_fresh_per_example_and_per_step():
 # 7. Gradient isolation.
 
 
-@pytest.mark.parametrize("name", ["dtp", "ao_sdtp", pytest.param("sdtp", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", ["ao_sdtp", pytest.param("dtp", marks=pytest.mark.slow),
+                                  pytest.param("sdtp", marks=pytest.mark.slow),
                                   pytest.param("tp", marks=pytest.mark.slow)])
 def test_gradients_are_isolated(name):
   with jax.enable_x64(True):
@@ -483,6 +485,7 @@ def test_bad_hyperparameters_are_one_line_errors(make, message):
 # End to end.
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_launcher_trains_dtp_on_real_mnist(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
