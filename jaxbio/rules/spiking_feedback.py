@@ -62,8 +62,8 @@ loop keeps per-unit state plus ring buffers of ``K``-vectors: the post trace
 30 ``q``), ``What`` times ``D``'s spikes (so ``P``'s input is a 30-term sum
 of ``K``-vectors, with ``What``'s rows gathered for the few units that
 spiked), ``P``'s spikes. The fits and ``R_pre`` are touched only in the rows
-of the units whose window ends or opens in that step (fixed-capacity
-gathers and scatters, with an exact dense fallback when a step has more).
+of the units whose window ends or opens in that step (
+in-place row updates in a loop over those units).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _stats0(dtype):
   del dtype
   z = jnp.zeros((), jnp.int32)
   return {"pre_spikes": z, "post_spikes": z, "windows_spiked": z, "windows_no_spike": z,
-          "windows_out_of_band": z, "event_overflow_steps": z, "spike_overflow_steps": z}
+          "windows_out_of_band": z, "spike_overflow_steps": z}
 
 
 def init_pair(n_pre: int, n_post: int, fits: Fits | None = None, *, dtype=jnp.float64,
@@ -221,8 +221,8 @@ def _lms(m_r, c_r, m_l, c_l, x, right, y, eta):
 
 
 def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: jax.Array, *,
-              consts: RDDConstants = RDDConstants(), event_capacity: int = 64,
-              spike_capacity: int = 128, record: bool = False):
+              consts: RDDConstants = RDDConstants(), spike_capacity: int = 128,
+              record: bool = False):
   """One 1-ms step of the pair, in the authors' code's order of operations.
 
   1. ``q`` <- the post trace as of the previous step.
@@ -253,9 +253,8 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
     w_hat_t: ``(n + 1, K)`` ``What`` in kernel layout with a zero last row.
     kappa: ``(M,)`` kernel, ``kappa[m - 1] = kappa(m)``.
     consts: the constants.
-    event_capacity, spike_capacity: per-step capacities of the sparse row
-      updates (window ends/openings, driven spikes); a step with more takes
-      an exact dense path.
+    spike_capacity: the most driven spikes per step whose ``What`` rows are
+      gathered; a step with more takes an exact dense matrix-vector path.
     record: also return this step's per-unit state (for tests).
 
   Returns:
@@ -297,27 +296,20 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   n_events = jnp.sum(event)
   fits = state.fits
 
-  def lms_sparse(fits):
-    idx = jnp.nonzero(event, size=min(event_capacity, n), fill_value=n)[0]
-    rows = [f[idx] for f in fits]
-    x = u_max.at[idx].get(mode="fill", fill_value=0)
-    side = right.at[idx].get(mode="fill", fill_value=False)
-    y = r_sum / L - state.r_pre[idx]
-    new = _lms(*rows, x, side, y, cs.eta)
-    return Fits(*(f.at[idx].set(nw) for f, nw in zip(fits, new)))
+  # The rows of ending units, one at a time (a handful per step): in-place
+  # dynamic slices of the carried arrays, so a step never copies them.
+  y_base = r_sum / L
+  idx_e = jnp.nonzero(event, size=n, fill_value=n)[0]
 
-  def lms_dense(fits):
-    ev = jnp.concatenate([event, jnp.zeros((1,), bool)])[:, None]
-    x = jnp.concatenate([u_max, jnp.zeros((1,), dtype)])
-    side = jnp.concatenate([right, jnp.zeros((1,), bool)])
-    y = r_sum / L - state.r_pre
-    new = _lms(*fits, x, side, y, cs.eta)
-    return Fits(*(jnp.where(ev, nw, f) for f, nw in zip(fits, new)))
+  def lms_row(i, fits):
+    row = idx_e[i]
+    get = lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, 0)
+    y = y_base[None, :] - get(state.r_pre)
+    new = _lms(*(get(f) for f in fits), get(u_max), get(right), y, cs.eta)
+    return Fits(*(jax.lax.dynamic_update_slice_in_dim(f, nw, row, 0)
+                  for f, nw in zip(fits, new)))
 
-  if n <= event_capacity:
-    fits = lms_dense(fits)
-  else:
-    fits = jax.lax.cond(n_events > event_capacity, lms_dense, lms_sparse, fits)
+  fits = jax.lax.fori_loop(0, n_events, lms_row, state.fits)
   # 9-10.
   c = jnp.maximum(c_start - 1, 0)
   u = jnp.where(c == 0, v, u)
@@ -325,19 +317,11 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   c = jnp.where(opening, L, c)
   fresh = opening & (c_start == 0)
   n_fresh = jnp.sum(fresh)
-
-  def rpre_sparse(r_pre):
-    idx = jnp.nonzero(fresh, size=min(event_capacity, n), fill_value=n)[0]
-    return r_pre.at[idx].set(jnp.broadcast_to(q, (idx.shape[0], K)))
-
-  def rpre_dense(r_pre):
-    f = jnp.concatenate([fresh, jnp.zeros((1,), bool)])[:, None]
-    return jnp.where(f, q[None, :], r_pre)
-
-  if n <= event_capacity:
-    r_pre = rpre_dense(state.r_pre)
-  else:
-    r_pre = jax.lax.cond(n_fresh > event_capacity, rpre_dense, rpre_sparse, state.r_pre)
+  idx_f = jnp.nonzero(fresh, size=n, fill_value=n)[0]
+  r_pre = jax.lax.fori_loop(
+      0, n_fresh,
+      lambda i, a: jax.lax.dynamic_update_slice_in_dim(a, q[None, :], idx_f[i], 0),
+      state.r_pre)
   # 11-12.
   n_spk = jnp.where((c > 0) & fire, state.n_spk + 1, state.n_spk)
   n_spk = jnp.where(ending, 0, n_spk)
@@ -375,8 +359,6 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
       "windows_no_spike": st["windows_no_spike"] + jnp.sum(event & ~right).astype(jnp.int32),
       "windows_out_of_band": st["windows_out_of_band"]
                              + jnp.sum(ending & ~in_band).astype(jnp.int32),
-      "event_overflow_steps": st["event_overflow_steps"]
-                              + ((n_events > event_capacity) | (n_fresh > event_capacity)),
       "spike_overflow_steps": st["spike_overflow_steps"] + (n_fire > spike_capacity),
   }
   new = PairState(v=v, u=u, r=r, c=c, n_spk=n_spk, u_max=u_max, drive_ring=drive_ring,
@@ -394,7 +376,7 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
 
 def run_pair(state: PairState, counts: jax.Array, w_hat_t: jax.Array, *,
              consts: RDDConstants = RDDConstants(), record: bool = False,
-             event_capacity: int = 64, spike_capacity: int = 128, unroll: int = 1):
+             spike_capacity: int = 128, unroll: int = 1):
   """Runs the pair over ``counts`` (``(T, n)`` drive counts, one row per step) with ``lax.scan``.
 
   Args:
@@ -402,7 +384,7 @@ def run_pair(state: PairState, counts: jax.Array, w_hat_t: jax.Array, *,
     counts: the drive.
     w_hat_t: ``(n + 1, K)`` ``What`` in kernel layout with a zero last row
       (see :func:`padded`).
-    consts, record, event_capacity, spike_capacity: see :func:`pair_step`.
+    consts, record, spike_capacity: see :func:`pair_step`.
     unroll: ``lax.scan`` unroll factor.
 
   Returns:
@@ -412,8 +394,8 @@ def run_pair(state: PairState, counts: jax.Array, w_hat_t: jax.Array, *,
   kappa = jnp.asarray(kernel(consts, w_hat_t.dtype))
 
   def body(s, x):
-    return pair_step(s, x, w_hat_t, kappa, consts=consts, event_capacity=event_capacity,
-                     spike_capacity=spike_capacity, record=record)
+    return pair_step(s, x, w_hat_t, kappa, consts=consts, spike_capacity=spike_capacity,
+                     record=record)
 
   return jax.lax.scan(body, state, counts, unroll=unroll)
 
@@ -476,3 +458,103 @@ def drive_counts(key: jax.Array, t0: jax.Array, n_steps: int, n_pre: int,
   c = jnp.sum(u[..., None] > cdf, axis=-1).astype(jnp.int8)          # (T, n_act)
   out = jnp.zeros((n_steps, n_pre), jnp.int8)
   return out.at[jnp.arange(n_steps)[:, None], act].set(c)
+
+
+class PhaseResult(NamedTuple):
+  """What :func:`feedback_phase` returns: per fc layer ``Y``, fits, and statistics."""
+  feedback: tuple
+  fits: tuple
+  metrics: dict
+
+
+def _sub_phase(state: PairState, y, s_y0, w_hat, key, *, steps: int, consts: RDDConstants,
+               y_update: str, y_kwargs: dict, spike_capacity: int, unroll: int):
+  """Drives one layer for ``steps`` steps, updating ``y`` every ``y_update_every`` steps."""
+  n = w_hat.shape[0]
+  seg = consts.y_update_every
+  w_hat_t = padded(w_hat)
+
+  def segment(carry, i):
+    state, y = carry
+    counts = drive_counts(key, i * seg, seg, n, consts)
+    state, _ = run_pair(state, counts, w_hat_t, consts=consts, spike_capacity=spike_capacity,
+                        unroll=unroll)
+    y = update_feedback(y, beta_of(pair_fits(state), consts.theta), s_y0, mode=y_update,
+                        **y_kwargs)
+    return (state, y), None
+
+  (state, y), _ = jax.lax.scan(segment, (state, y), jnp.arange(steps // seg))
+  return state, y
+
+
+def feedback_phase(kernels, feedback, fits, s_y0, key, *, steps_per_layer: int = 30_000,
+                   consts: RDDConstants = RDDConstants(), y_update: str = "copy",
+                   eta_y: float = 1.0, omega: float = 1.0, gamma: float = 0.0,
+                   spike_capacity: int = 128, unroll: int = 1) -> PhaseResult:
+  """One feedback phase over a stack of fc layers: each layer's input population driven in turn.
+
+  Layer ``l`` (kernel ``kernels[l]`` of shape ``(n_l, n_{l+1})``) is the pair
+  (population ``l`` driven, population ``l + 1`` post) for
+  ``steps_per_layer`` steps; its ``Y`` is rewritten every
+  ``consts.y_update_every`` steps from its ``beta`` (only the driven layer's
+  ``Y``: the others' ``beta`` do not change, so rewriting them would leave
+  them as they are). The phase starts from the reset state; between
+  sub-phases the post population's potential, refractory counters and spike
+  history carry over into the next sub-phase, where it is the driven one.
+  Its window state starts closed, and populations above the post one are
+  not simulated, so the next post population starts at rest (the authors'
+  code simulates every population all the time; this changes only the first
+  ~30 steps of a sub-phase).
+
+  Args:
+    kernels: the fc kernels (layout ``(n_in, n_out)``, i.e. ``W^T``), input to
+      output.
+    feedback: the current ``Y`` per layer (same shapes).
+    fits: :class:`Fits` per layer (the LMS state, kept across phases).
+    s_y0: per layer, the std of the initial random ``Y``.
+    key: the drive's random key.
+    steps_per_layer: steps each layer is driven; a multiple of
+      ``consts.y_update_every``.
+    consts: the constants.
+    y_update, eta_y, omega, gamma: see :func:`update_feedback`.
+    spike_capacity, unroll: see :func:`run_pair`.
+
+  Returns:
+    A :class:`PhaseResult`. ``metrics`` per layer ``l``:
+    ``layer{l}/pre_rate_hz``, ``post_rate_hz`` (mean firing rates),
+    ``windows_spiked_per_unit_s``, ``windows_no_spike_per_unit_s``,
+    ``windows_out_of_band``, ``overflow_steps`` (steps that took the dense
+    spike path).
+  """
+  if steps_per_layer % consts.y_update_every:
+    raise ValueError(f"steps_per_layer ({steps_per_layer}) must be a multiple of "
+                     f"y_update_every ({consts.y_update_every})")
+  y_kwargs = dict(eta_y=eta_y, omega=omega, gamma=gamma)
+  new_fb, new_fits, metrics = [], [], {}
+  carry = None
+  keys = jax.random.split(key, len(kernels))
+  for l, (w, y, f, s) in enumerate(zip(kernels, feedback, fits, s_y0)):
+    n, k = w.shape
+    dtype = w.dtype
+    w_hat = scaled_forward(w, consts)
+    state = init_pair(n, k, f, dtype=dtype, consts=consts)
+    if carry is not None and carry.v_post.shape[0] == n:
+      state = state._replace(v=carry.v_post, u=carry.v_post, r=carry.r_post, t=carry.t,
+                             z_ring=carry.s_ring @ w_hat)
+    state, y = _sub_phase(state, y.astype(dtype), s, w_hat, keys[l], steps=steps_per_layer,
+                          consts=consts, y_update=y_update, y_kwargs=y_kwargs,
+                          spike_capacity=spike_capacity, unroll=unroll)
+    carry = state
+    new_fb.append(y)
+    new_fits.append(pair_fits(state))
+    secs = steps_per_layer * consts.dt
+    cnt = state.counts
+    metrics.update({
+        f"layer{l}/pre_rate_hz": cnt["pre_spikes"] / (n * secs),
+        f"layer{l}/post_rate_hz": cnt["post_spikes"] / (k * secs),
+        f"layer{l}/windows_spiked_per_unit_s": cnt["windows_spiked"] / (n * secs),
+        f"layer{l}/windows_no_spike_per_unit_s": cnt["windows_no_spike"] / (n * secs),
+        f"layer{l}/windows_out_of_band": cnt["windows_out_of_band"],
+        f"layer{l}/overflow_steps": cnt["spike_overflow_steps"],
+    })
+  return PhaseResult(tuple(new_fb), tuple(new_fits), metrics)
