@@ -155,7 +155,8 @@ def beta_of(fits: Fits, theta: float = 1.0) -> jax.Array:
 class PairState(NamedTuple):
   """State of a driven -> post spiking pair (see the module docstring).
 
-  ``fits`` and ``r_pre`` have one extra (dummy) row at index ``n_pre`` that
+  ``fit_rows`` (the four fits and ``R_pre``, stacked per driven unit so that
+  one unit's update reads and writes one contiguous block) has one extra (dummy) row at index ``n_pre`` that
   padded gathers and scatters use; ``t`` is the step counter (ring
   positions are ``t % M``).
   """
@@ -171,8 +172,7 @@ class PairState(NamedTuple):
   z_ring: jax.Array     # (M, K) What^T S_D of the last M steps
   s_ring: jax.Array     # (M, K) post spikes of the last M steps
   q_ring: jax.Array     # (window, K) post trace q of the last `window` steps
-  fits: Fits            # each (n + 1, K)
-  r_pre: jax.Array      # (n + 1, K)
+  fit_rows: jax.Array   # (n + 1, 5, K): m_r, c_r, m_l, c_l, R_pre per driven unit
   t: jax.Array          # () int32
   counts: dict          # scalar statistics: spikes, windows
 
@@ -192,19 +192,19 @@ def init_pair(n_pre: int, n_post: int, fits: Fits | None = None, *, dtype=jnp.fl
   zi = lambda n: jnp.zeros((n,), jnp.int32)
   if fits is None:
     fits = zero_fits(n_pre, n_post, dtype)
-  pad = lambda a: jnp.concatenate([a, jnp.zeros((1, n_post), a.dtype)], 0)
+  pad = lambda a: jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)], 0)
   return PairState(
       v=jnp.full((n_pre,), consts.v_reset, dtype), u=jnp.full((n_pre,), consts.v_reset, dtype),
       r=zi(n_pre), c=zi(n_pre), n_spk=zi(n_pre), u_max=fn((n_pre,)),
       drive_ring=fn((M, n_pre)), v_post=jnp.full((n_post,), consts.v_reset, dtype),
       r_post=zi(n_post), z_ring=fn((M, n_post)), s_ring=fn((M, n_post)),
-      q_ring=fn((L, n_post)), fits=Fits(*(pad(f) for f in fits)), r_pre=fn((n_pre + 1, n_post)),
+      q_ring=fn((L, n_post)), fit_rows=pad(jnp.stack(tuple(fits) + (fn((n_pre, n_post)),), 1)),
       t=jnp.zeros((), jnp.int32), counts=_stats0(dtype))
 
 
 def pair_fits(state: PairState) -> Fits:
   """The fits without the dummy row, each ``(n_pre, n_post)``."""
-  return Fits(*(f[:-1] for f in state.fits))
+  return Fits(*(state.fit_rows[:-1, j] for j in range(4)))
 
 
 def _lms(m_r, c_r, m_l, c_l, x, right, y, eta):
@@ -294,22 +294,22 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   event = ending & in_band
   right = state.n_spk >= 1
   n_events = jnp.sum(event)
-  fits = state.fits
 
   # The rows of ending units, one at a time (a handful per step): in-place
   # dynamic slices of the carried arrays, so a step never copies them.
   y_base = r_sum / L
   idx_e = jnp.nonzero(event, size=n, fill_value=n)[0]
 
-  def lms_row(i, fits):
+  def lms_row(i, rows):
     row = idx_e[i]
     get = lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, 0)
-    y = y_base[None, :] - get(state.r_pre)
-    new = _lms(*(get(f) for f in fits), get(u_max), get(right), y, cs.eta)
-    return Fits(*(jax.lax.dynamic_update_slice_in_dim(f, nw, row, 0)
-                  for f, nw in zip(fits, new)))
+    f = get(rows)[0]                                   # (5, K)
+    y = y_base[None, :] - f[4:5]
+    new = _lms(f[0:1], f[1:2], f[2:3], f[3:4], get(u_max), get(right), y, cs.eta)
+    return jax.lax.dynamic_update_slice_in_dim(rows, jnp.concatenate(new + (f[4:5],), 0)[None],
+                                               row, 0)
 
-  fits = jax.lax.fori_loop(0, n_events, lms_row, state.fits)
+  fit_rows = jax.lax.fori_loop(0, n_events, lms_row, state.fit_rows)
   # 9-10.
   c = jnp.maximum(c_start - 1, 0)
   u = jnp.where(c == 0, v, u)
@@ -318,10 +318,10 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   fresh = opening & (c_start == 0)
   n_fresh = jnp.sum(fresh)
   idx_f = jnp.nonzero(fresh, size=n, fill_value=n)[0]
-  r_pre = jax.lax.fori_loop(
+  fit_rows = jax.lax.fori_loop(
       0, n_fresh,
-      lambda i, a: jax.lax.dynamic_update_slice_in_dim(a, q[None, :], idx_f[i], 0),
-      state.r_pre)
+      lambda i, a: jax.lax.dynamic_update_slice(a, q[None, None, :], (idx_f[i], 4, 0)),
+      fit_rows)
   # 11-12.
   n_spk = jnp.where((c > 0) & fire, state.n_spk + 1, state.n_spk)
   n_spk = jnp.where(ending, 0, n_spk)
@@ -363,7 +363,7 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   }
   new = PairState(v=v, u=u, r=r, c=c, n_spk=n_spk, u_max=u_max, drive_ring=drive_ring,
                   v_post=v_post, r_post=r_post, z_ring=z_ring, s_ring=s_ring, q_ring=q_ring,
-                  fits=fits, r_pre=r_pre, t=t + 1, counts=counts_out)
+                  fit_rows=fit_rows, t=t + 1, counts=counts_out)
   rec = None
   if record:
     rec = {"pre_spikes": fire, "post_spikes": fire_post, "pre_v": v, "pre_u": u,
