@@ -558,3 +558,109 @@ def feedback_phase(kernels, feedback, fits, s_y0, key, *, steps_per_layer: int =
         f"layer{l}/overflow_steps": cnt["spike_overflow_steps"],
     })
   return PhaseResult(tuple(new_fb), tuple(new_fits), metrics)
+
+
+# --- The rule: FA whose fc feedback is rewritten by the spiking phase. ---------
+
+
+class RDDState(NamedTuple):
+  """Rule state of :func:`rdd`.
+
+  Attributes:
+    feedback: per block, the FA feedback kernel in the forward kernel's layout
+      (``None`` for the first block); the fc ones are RDD's ``Y``.
+    fits: per learned fc layer, its :class:`Fits` (kept across phases).
+    s_y0: per learned fc layer, the std of its initial random ``Y``.
+    phases_run: how many feedback phases have run.
+  """
+  feedback: tuple
+  fits: tuple
+  s_y0: tuple
+  phases_run: jax.Array
+
+
+def sign_agreement(y: jax.Array, w: jax.Array) -> jax.Array:
+  """Fraction of the non-zero entries of ``y`` whose sign matches ``w``'s (same layout)."""
+  nz = y != 0
+  return jnp.sum(nz & (jnp.sign(y) == jnp.sign(w))) / jnp.maximum(jnp.sum(nz), 1)
+
+
+def rdd(net, *, every_epoch: bool = True, steps_per_layer: int = 30_000,
+        reset_fits: bool = False, y_update: str = "copy", eta_y: float = 1.0,
+        omega: float = 1.0, gamma: float = 0.0, feedback_scale: float = 1.0,
+        spike_capacity: int = 128, **constants):
+  """RDD feedback learning (Guerguiev, Kording & Richards, ICLR 2020) on FA.
+
+  Training is feedback alignment (the input gradient of layer ``l`` is
+  ``Y_l delta_l``; weight gradients are backprop's local ones). Before every
+  epoch (or the first only, ``every_epoch=False``) a spiking feedback phase
+  (:func:`feedback_phase`) drives the input population of each fully
+  connected layer that has a feedback kernel for ``steps_per_layer`` 1-ms
+  steps and rewrites its ``Y`` from the RDD estimate ``beta``. Conv layers'
+  feedback stays fixed random. The LMS fits persist across phases (as in the
+  authors' code) unless ``reset_fits``.
+
+  Args:
+    net: a sequential network (:mod:`jaxbio.nets`).
+    every_epoch: run the phase before every epoch; False: before the first.
+    steps_per_layer: steps each fc layer is driven (30 s by default).
+    reset_fits: start every phase's fits from 0.
+    y_update, eta_y, omega, gamma: the Y update (:func:`update_feedback`).
+    feedback_scale: multiplies the initial random feedback (FA's).
+    spike_capacity: see :func:`pair_step`.
+    **constants: overrides of :class:`RDDConstants` fields (e.g. ``eta``,
+      ``u_window``, ``y_update_every``).
+
+  Returns:
+    A :class:`~jaxbio.rules.base.LearningRule` named ``"rdd"`` with state
+    :class:`RDDState` and one :class:`~jaxbio.rules.base.Phase`.
+  """
+  from jaxbio.rules import base, feedback as fb_rules  # pylint: disable=g-import-not-at-top
+  unknown = sorted(set(constants) - set(RDDConstants._fields))
+  if unknown:
+    raise ValueError(f"unknown rdd constant(s) {', '.join(unknown)}; valid choices: "
+                     f"{', '.join(RDDConstants._fields)}")
+  consts = RDDConstants(**constants)
+  if y_update not in ("copy", "incremental"):
+    raise ValueError(f"unknown rdd y_update {y_update!r}; valid choices: copy, incremental")
+  if steps_per_layer <= 0 or steps_per_layer % consts.y_update_every:
+    raise ValueError(f"rdd steps_per_layer ({steps_per_layer}) must be a positive multiple of "
+                     f"y_update_every ({consts.y_update_every})")
+  learned = tuple(i for i, b in enumerate(net.blocks) if i > 0 and b.kind == "dense")
+  if not learned:
+    raise ValueError("rdd needs at least one dense layer after the first block")
+  fa = fb_rules.feedback_alignment(net, feedback_scale=feedback_scale)
+
+  def init(key, params):
+    feedback = fa.init(key, params).feedback
+    fits = tuple(zero_fits(*net.blocks[i].kernel_shape, net.param_dtype) for i in learned)
+    s_y0 = tuple(jnp.std(feedback[i]) for i in learned)
+    return RDDState(feedback, fits, s_y0, jnp.zeros((), jnp.int32))
+
+  def run(params, net_state, rule_state, key):
+    del net_state
+    kernels = [params[i]["kernel"] for i in learned]
+    ys = [rule_state.feedback[i] for i in learned]
+    fits = rule_state.fits
+    if reset_fits:
+      fits = tuple(jax.tree.map(jnp.zeros_like, f) for f in fits)
+    res = feedback_phase(kernels, ys, fits, rule_state.s_y0, key,
+                         steps_per_layer=steps_per_layer, consts=consts, y_update=y_update,
+                         eta_y=eta_y, omega=omega, gamma=gamma, spike_capacity=spike_capacity)
+    feedback = list(rule_state.feedback)
+    metrics = {}
+    from jaxbio.metrics.alignment import angle_degrees  # pylint: disable=g-import-not-at-top
+    for l, (i, w, y_old, y_new) in enumerate(zip(learned, kernels, ys, res.feedback)):
+      feedback[i] = y_new.astype(y_old.dtype)
+      metrics[f"layer{i}/angle_before_deg"] = angle_degrees(y_old, w)
+      metrics[f"layer{i}/angle_after_deg"] = angle_degrees(y_new, w)
+      metrics[f"layer{i}/sign_agreement_after"] = sign_agreement(y_new, w)
+      for k, v in res.metrics.items():
+        if k.startswith(f"layer{l}/"):
+          metrics[f"layer{i}/{k.split('/', 1)[1]}"] = v
+    new_state = RDDState(tuple(feedback), tuple(res.fits), rule_state.s_y0,
+                         rule_state.phases_run + 1)
+    return new_state, metrics
+
+  return fa._replace(name="rdd", init=init,
+                     phases=(base.Phase("rdd_feedback", run, every_epoch=every_epoch),))
