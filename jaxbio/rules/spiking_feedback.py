@@ -298,18 +298,18 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   # The rows of ending units, one at a time (a handful per step): in-place
   # dynamic slices of the carried arrays, so a step never copies them.
   y_base = r_sum / L
-  idx_e = jnp.nonzero(event, size=n, fill_value=n)[0]
-
-  def lms_row(i, rows):
-    row = idx_e[i]
+  def lms_row(carry):
+    mask, rows = carry
+    row = jnp.argmax(mask)
     get = lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, 0)
     f = get(rows)[0]                                   # (5, K)
     y = y_base[None, :] - f[4:5]
     new = _lms(f[0:1], f[1:2], f[2:3], f[3:4], get(u_max), get(right), y, cs.eta)
-    return jax.lax.dynamic_update_slice_in_dim(rows, jnp.concatenate(new + (f[4:5],), 0)[None],
-                                               row, 0)
+    rows = jax.lax.dynamic_update_slice_in_dim(
+        rows, jnp.concatenate(new + (f[4:5],), 0)[None], row, 0)
+    return mask.at[row].set(False), rows
 
-  fit_rows = jax.lax.fori_loop(0, n_events, lms_row, state.fit_rows)
+  _, fit_rows = jax.lax.while_loop(lambda c: jnp.any(c[0]), lms_row, (event, state.fit_rows))
   # 9-10.
   c = jnp.maximum(c_start - 1, 0)
   u = jnp.where(c == 0, v, u)
@@ -317,11 +317,14 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   c = jnp.where(opening, L, c)
   fresh = opening & (c_start == 0)
   n_fresh = jnp.sum(fresh)
-  idx_f = jnp.nonzero(fresh, size=n, fill_value=n)[0]
-  fit_rows = jax.lax.fori_loop(
-      0, n_fresh,
-      lambda i, a: jax.lax.dynamic_update_slice(a, q[None, None, :], (idx_f[i], 4, 0)),
-      fit_rows)
+
+  def rpre_row(carry):
+    mask, rows = carry
+    row = jnp.argmax(mask)
+    return mask.at[row].set(False), jax.lax.dynamic_update_slice(rows, q[None, None, :],
+                                                                  (row, 4, 0))
+
+  _, fit_rows = jax.lax.while_loop(lambda c: jnp.any(c[0]), rpre_row, (fresh, fit_rows))
   # 11-12.
   n_spk = jnp.where((c > 0) & fire, state.n_spk + 1, state.n_spk)
   n_spk = jnp.where(ending, 0, n_spk)
