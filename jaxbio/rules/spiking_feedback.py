@@ -452,7 +452,9 @@ def drive_counts(key: jax.Array, t0: jax.Array, n_steps: int, n_pre: int,
   def active(b):
     return jax.random.permutation(jax.random.fold_in(k_sets, b), n_pre)[:n_act]
 
-  act = jax.vmap(active)(blocks)                                       # (T, n_act)
+  b0 = (t0 + 1) // consts.redraw_every
+  sets = jax.vmap(active)(b0 + jnp.arange(n_steps // consts.redraw_every + 2))
+  act = sets[blocks - b0]                                              # (T, n_act)
   u = jax.vmap(lambda s: jax.random.uniform(jax.random.fold_in(k_counts, s), (n_act,)))(steps)
   lam = consts.drive_rate
   ks = np.arange(16)
