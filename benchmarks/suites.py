@@ -19,6 +19,7 @@ SUITES = {
         ("sign-symmetry", "bartunov", "mnist,fc,sign_symmetry", None),
         ("BurstCCN", "burstccn", "mnist", "1.84"),
         ("Burstprop", "burstccn", "burstprop_mnist", "1.75"),
+        ("RDD", "rdd", "mnist_fc,rdd", None),
     ],
     # Laborieux & Zenke 2024, Fashion-MNIST MLP; the paper's Table 1 and
     # Fig. 4 numbers were not available (only the abstract could be read, and

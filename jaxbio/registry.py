@@ -95,6 +95,7 @@ for _entry in (
     RuleEntry("sign_symmetry", "feedforward", "jaxbio.rules.feedback:sign_symmetry"),
     RuleEntry("burstccn", "feedforward", "jaxbio.rules.burst:burstccn"),
     RuleEntry("burstprop", "feedforward", "jaxbio.rules.burst:burstprop"),
+    RuleEntry("rdd", "feedforward", "jaxbio.rules.spiking_feedback:rdd"),
     RuleEntry("ep", "recurrent", "jaxbio.recurrent.hep:ep"),
     RuleEntry("hep", "recurrent", "jaxbio.recurrent.hep:hep"),
     RuleEntry("hep_online", "recurrent", "jaxbio.recurrent.hep:hep_online"),

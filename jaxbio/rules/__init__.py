@@ -5,6 +5,7 @@ from jaxbio.rules.base import (EmptyState, LearningRule, Pass, Phase, RuleOutput
 from jaxbio.rules.burst import BurstpropState, BurstState, burstccn, burstprop
 from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
                                    feedback_alignment, kolen_pollack, sign_symmetry)
+from jaxbio.rules.spiking_feedback import RDDState, feedback_phase, rdd
 
 # Rules on feedforward (sequential) networks, by registry name.
 FEEDFORWARD_RULES = {
@@ -15,6 +16,7 @@ FEEDFORWARD_RULES = {
     "sign_symmetry": sign_symmetry,
     "burstccn": burstccn,
     "burstprop": burstprop,
+    "rdd": rdd,
 }
 
 __all__ = [
@@ -22,4 +24,5 @@ __all__ = [
     "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
     "kolen_pollack", "sign_symmetry", "burstccn", "burstprop", "BurstState", "BurstpropState", "FEEDFORWARD_RULES",
+    "rdd", "RDDState", "feedback_phase",
 ]
