@@ -263,3 +263,34 @@ def test_rdd_rejects_bad_options():
     sf.rdd(net, steps_per_layer=1500)
   with pytest.raises(ValueError, match="y_update"):
     sf.rdd(net, y_update="nope")
+
+
+@pytest.mark.slow  # about 2-3 minutes on 2 shared CPU cores (the conv net's training steps)
+def test_launcher_trains_rdd_on_real_fashion_mnist(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from jaxbio import data  # pylint: disable=g-import-not-at-top
+  shared = data.shared_data_dir()
+  if shared is None:
+    pytest.skip("../shared/data/tfds (real Fashion-MNIST) not present")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "launch.main", "--config=launch/configs/rdd.py:fashion_mnist,rdd",
+         f"--workdir={tmp_path}", f"--config.dataset.data_dir={shared}",
+         "--config.dataset.train_split=train[:1600]", "--config.dataset.test_split=test[:1000]",
+         "--config.num_epochs=2", "--config.alignment_every=25", "--config.steps_per_call=25",
+         "--config.rule.steps_per_layer=10000"]
+  proc = subprocess.run(cmd, cwd=repo, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records] == [1, 2]
+  first, last = records
+  assert last["test/accuracy"] > 0.5, last["test/accuracy"]  # 100 steps: 64 % measured.
+  for layer in (2, 3, 4):  # the fc layers; the phase ran before both epochs
+    for r in records:
+      assert r[f"phase/layer{layer}/angle_after_deg"] < r[f"phase/layer{layer}/angle_before_deg"]
+      assert 5 < r[f"phase/layer{layer}/pre_rate_hz"] < 9
+  # The fits persist: the second phase starts where the first left Y and aligns it further.
+  assert last["phase/layer4/angle_after_deg"] < first["phase/layer4/angle_after_deg"]
+  assert abs(last["align/feedback_angle/layer1"] - 90) < 5  # the conv feedback stays random

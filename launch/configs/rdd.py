@@ -52,6 +52,9 @@ def get_config(arg: str = "fashion_mnist,rdd"):
     c.dataset.update(dict(name="mnist"))
     c.model.update(dict(arch="mlp", widths=(500, 500), activation="relu", **init))
   c.rule.update(dict(name=rule))
+  if rule == "rdd":
+    c.rule.update(dict(every_epoch=True, steps_per_layer=30_000, reset_fits=False,
+                       y_update="copy"))
   if "runlocal" in extra:
     c.num_epochs = 1
   return c
