@@ -96,6 +96,7 @@ for _entry in (
     RuleEntry("burstccn", "feedforward", "jaxbio.rules.burst:burstccn"),
     RuleEntry("burstprop", "feedforward", "jaxbio.rules.burst:burstprop"),
     RuleEntry("rdd", "feedforward", "jaxbio.rules.spiking_feedback:rdd"),
+    RuleEntry("weight_mirror", "feedforward", "jaxbio.rules.spiking_feedback:weight_mirror"),
     RuleEntry("ep", "recurrent", "jaxbio.recurrent.hep:ep"),
     RuleEntry("hep", "recurrent", "jaxbio.recurrent.hep:hep"),
     RuleEntry("hep_online", "recurrent", "jaxbio.recurrent.hep:hep_online"),

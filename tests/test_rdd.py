@@ -294,3 +294,25 @@ def test_launcher_trains_rdd_on_real_fashion_mnist(tmp_path):
   # The fits persist: the second phase starts where the first left Y and aligns it further.
   assert last["phase/layer4/angle_after_deg"] < first["phase/layer4/angle_after_deg"]
   assert abs(last["align/feedback_angle/layer1"] - 90) < 5  # the conv feedback stays random
+
+
+def test_weight_mirror_aligns_and_decay_fixes_the_norm():
+  """Oracle 11: B -> W^T in direction (angle falls with N); with decay, |B| -> (eta N s^2 / lambda) |W|."""
+  net = _small_net()
+  params, _ = net.init(jax.random.key(0))
+  lr, decay, batch = 0.01, 0.05, 128
+  rule = sf.weight_mirror(net, mirror_lr=lr, decay=decay, noise_batch=batch)
+  state = rule.init(jax.random.key(1), params)
+  step = jax.jit(lambda s, k: rule.after_step(s, params, params, None, k)[0])
+  angles = []
+  for t in range(400):
+    state = step(state, jax.random.key(10 + t))
+    if t in (9, 399):
+      angles.append(float(angle_degrees(state.feedback[1], params[1]["kernel"])))
+  assert angles[1] < angles[0] and angles[1] < 10, angles
+  s2 = 0.1 ** 2 / 12
+  ratio = jnp.linalg.norm(state.feedback[2]) / jnp.linalg.norm(params[2]["kernel"])
+  np.testing.assert_allclose(ratio, lr * batch * s2 / decay, rtol=0.1)
+  assert state.feedback[0] is None
+  with pytest.raises(ValueError, match="decay"):
+    sf.weight_mirror(net, decay=1.5)

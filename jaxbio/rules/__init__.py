@@ -5,7 +5,7 @@ from jaxbio.rules.base import (EmptyState, LearningRule, Pass, Phase, RuleOutput
 from jaxbio.rules.burst import BurstpropState, BurstState, burstccn, burstprop
 from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
                                    feedback_alignment, kolen_pollack, sign_symmetry)
-from jaxbio.rules.spiking_feedback import RDDState, feedback_phase, rdd
+from jaxbio.rules.spiking_feedback import RDDState, feedback_phase, rdd, weight_mirror
 
 # Rules on feedforward (sequential) networks, by registry name.
 FEEDFORWARD_RULES = {
@@ -17,6 +17,7 @@ FEEDFORWARD_RULES = {
     "burstccn": burstccn,
     "burstprop": burstprop,
     "rdd": rdd,
+    "weight_mirror": weight_mirror,
 }
 
 __all__ = [
@@ -24,5 +25,5 @@ __all__ = [
     "check_batch", "classification_metrics", "cross_entropy",
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
     "kolen_pollack", "sign_symmetry", "burstccn", "burstprop", "BurstState", "BurstpropState", "FEEDFORWARD_RULES",
-    "rdd", "RDDState", "feedback_phase",
+    "rdd", "RDDState", "feedback_phase", "weight_mirror",
 ]

@@ -669,3 +669,62 @@ def rdd(net, *, every_epoch: bool = True, steps_per_layer: int = 30_000,
 
   return fa._replace(name="rdd", init=init,
                      phases=(base.Phase("rdd_feedback", run, every_epoch=every_epoch),))
+
+
+# --- Weight mirror (Akrout et al. 2019): rate-based feedback learning. --------
+
+
+def weight_mirror(net, *, mirror_lr: float = 0.01, decay: float = 0.0, noise_scale: float = 0.1,
+                  noise_batch: int = 128, init_batches: int = 0, feedback_scale: float = 1.0):
+  """Weight mirror (Akrout et al., NeurIPS 2019): FA whose feedback learns from noise.
+
+  After every optimiser step ("mirror mode"), each layer ``l`` with a
+  feedback kernel gets a batch of ``noise_batch`` inputs ``x = noise_scale *
+  (U[0, 1) - 1/2)`` (zero mean, variance ``s^2 = noise_scale^2 / 12``), responds
+  linearly, ``y = W_l x`` (the layer's operator, no bias), and::
+
+      B_l <- B_l + mirror_lr * sum_batch x y^T - decay * B_l
+
+  in kernel layout (for a dense layer ``sum x y^T`` is ``X^T Y``; for a conv,
+  the kernel gradient of ``<op(K, x), y>``). ``E[sum x y^T] = batch s^2 W_l^T``,
+  so with ``decay > 0`` ``B`` tends to ``(mirror_lr batch s^2 / decay) W^T``;
+  with ``decay = 0`` (the reference code's effective setting) it grows
+  without bound along ``W^T``. ``init_batches`` noise batches also run once,
+  before the first epoch (the reference: ``N_train // 128``).
+
+  Args:
+    net: a sequential network.
+    mirror_lr, decay, noise_scale, noise_batch, init_batches: see above.
+    feedback_scale: multiplies the initial random feedback (FA's).
+  """
+  from jaxbio.rules import base, feedback as fb_rules  # pylint: disable=g-import-not-at-top
+  if not 0 <= decay < 1:
+    raise ValueError(f"weight_mirror decay must be in [0, 1), got {decay}")
+  fa = fb_rules.feedback_alignment(net, feedback_scale=feedback_scale)
+
+  def mirror(feedback, params, key):
+    keys = jax.random.split(key, len(feedback))
+    out = []
+    for block, fb, p, k in zip(net.blocks, feedback, params, keys):
+      if fb is None:
+        out.append(None)
+        continue
+      x = noise_scale * (jax.random.uniform(k, (noise_batch, *block.in_shape), fb.dtype) - 0.5)
+      y = jax.lax.stop_gradient(block.op(p["kernel"], x))
+      corr = jax.grad(lambda kern: jnp.sum(block.op(kern, x) * y))(jnp.zeros_like(fb))
+      out.append((1 - decay) * fb + mirror_lr * corr)
+    return tuple(out)
+
+  def after_step(rule_state, params, new_params, updates, key):
+    del params, updates
+    return fb_rules.FeedbackState(mirror(rule_state.feedback, new_params, key)), new_params
+
+  def warmup(params, net_state, rule_state, key):
+    del net_state
+    feedback = jax.lax.fori_loop(
+        0, init_batches, lambda i, f: mirror(f, params, jax.random.fold_in(key, i)),
+        rule_state.feedback)
+    return fb_rules.FeedbackState(feedback), {}
+
+  phases = (base.Phase("mirror_init", warmup, every_epoch=False),) if init_batches else ()
+  return fa._replace(name="weight_mirror", after_step=after_step, phases=phases)

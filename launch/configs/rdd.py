@@ -2,7 +2,7 @@
 
 Usage: ``--config=launch/configs/rdd.py:<dataset>,<rule>[,runlocal]``
 
-* ``fashion_mnist,{bp,fa,rdd,kp}``: the authors' code's CIFAR-10 network on
+* ``fashion_mnist,{bp,fa,rdd,kp,weight_mirror}``: the authors' code's CIFAR-10 network on
   Fashion-MNIST: conv 5x5 1->64 (no bias) -> ReLU -> batch norm -> max-pool
   2x2, conv 5x5 64->64 (no bias, unpadded) -> ReLU -> batch norm -> max-pool
   2x2, flatten (5x5x64 = 1600), fc 384 -> ReLU -> batch norm, fc 192 -> ReLU
@@ -14,8 +14,11 @@ Usage: ``--config=launch/configs/rdd.py:<dataset>,<rule>[,runlocal]``
   to 32x32 (padding the raw image with black pixels, -1 after
   normalisation, is the other reading of "zero-pad"; not verified). ``rdd``
   runs the 90 s spiking feedback phase (30 s per fc layer) before every
-  epoch; ``kp`` uses no decay.
-* ``mnist_fc,rdd``: RDD on an MNIST MLP 784-500-500-10 (ReLU) with the
+  epoch; ``kp`` uses no decay; ``weight_mirror`` uses Akrout et al.'s
+  reference noise and rate (0.1 (U - 1/2) noise, B += 0.01 sum x y^T per
+  noise batch of 128, 468 noise batches before the first epoch, no decay),
+  with a linear response y = W x rather than their sigmoid.
+* ``mnist_fc,{rdd,weight_mirror,...}``: RDD (or another rule) on an MNIST MLP 784-500-500-10 (ReLU) with the
   same optimiser, for side-by-side comparison with the other rules' MNIST
   MLPs (not a configuration of the paper).
 * ``runlocal``: one epoch.
@@ -24,7 +27,7 @@ Usage: ``--config=launch/configs/rdd.py:<dataset>,<rule>[,runlocal]``
 from launch.configs import common
 
 DATASETS = ("fashion_mnist", "mnist_fc")
-RULES = ("bp", "fa", "rdd", "kp")
+RULES = ("bp", "fa", "rdd", "kp", "weight_mirror")
 
 
 def get_config(arg: str = "fashion_mnist,rdd"):
@@ -55,6 +58,11 @@ def get_config(arg: str = "fashion_mnist,rdd"):
   if rule == "rdd":
     c.rule.update(dict(every_epoch=True, steps_per_layer=30_000, reset_fits=False,
                        y_update="copy"))
+  elif rule == "weight_mirror":
+    # Akrout et al.'s reference: noise 0.1 (U - 1/2), B += 0.01 sum x y^T per batch of 128,
+    # N_train // 128 noise batches first, no effective decay.
+    c.rule.update(dict(mirror_lr=0.01, decay=0.0, noise_scale=0.1, noise_batch=128,
+                       init_batches=60_000 // 128))
   if "runlocal" in extra:
     c.num_epochs = 1
   return c
