@@ -1,5 +1,8 @@
 """RDD feedback learning in a spiking network (Guerguiev, Kording & Richards, ICLR 2020).
 
+Also :func:`weight_mirror` (Akrout et al. 2019), a rate-based feedback learner
+for side-by-side comparison (Kolen-Pollack is :func:`jaxbio.rules.kolen_pollack`).
+
 Feedback alignment (FA) whose fully connected feedback weights ``Y`` are
 rewritten, before each training epoch, by a *feedback phase*: a spiking copy
 of the network's fc layers is driven layer by layer with Poisson noise, and
