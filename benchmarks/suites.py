@@ -30,6 +30,8 @@ SUITES = {
         ("TP", "bartunov", "mnist,fc,tp", None),
         ("BurstCCN", "burstccn", "mnist", "1.84"),
         ("Burstprop", "burstccn", "burstprop_mnist", "1.75"),
+        ("RDD", "rdd", "mnist_fc,rdd", None),
+        ("Weight mirror", "rdd", "mnist_fc,weight_mirror", None),
     ],
     # Laborieux & Zenke 2024, Fashion-MNIST MLP; the paper's Table 1 and
     # Fig. 4 numbers were not available (only the abstract could be read, and

@@ -104,6 +104,8 @@ for _entry in (
               optimizers=("inverse_optimizer",)),
     RuleEntry("ao_sdtp", "feedforward", "jaxbio.rules.target_prop:ao_sdtp",
               optimizers=("inverse_optimizer",)),
+    RuleEntry("rdd", "feedforward", "jaxbio.rules.spiking_feedback:rdd"),
+    RuleEntry("weight_mirror", "feedforward", "jaxbio.rules.spiking_feedback:weight_mirror"),
     RuleEntry("ep", "recurrent", "jaxbio.recurrent.hep:ep"),
     RuleEntry("hep", "recurrent", "jaxbio.recurrent.hep:hep"),
     RuleEntry("hep_online", "recurrent", "jaxbio.recurrent.hep:hep_online"),

@@ -6,6 +6,7 @@ from jaxbio.rules.burst import BurstpropState, BurstState, burstccn, burstprop
 from jaxbio.rules.feedback import (FeedbackState, backprop, direct_feedback_alignment,
                                    feedback_alignment, kolen_pollack, sign_symmetry)
 from jaxbio.rules.target_prop import TPState, ao_sdtp, dtp, sdtp, tp
+from jaxbio.rules.spiking_feedback import RDDState, feedback_phase, rdd, weight_mirror
 
 # Rules on feedforward (sequential) networks, by registry name.
 FEEDFORWARD_RULES = {
@@ -20,6 +21,8 @@ FEEDFORWARD_RULES = {
     "dtp": dtp,
     "sdtp": sdtp,
     "ao_sdtp": ao_sdtp,
+    "rdd": rdd,
+    "weight_mirror": weight_mirror,
 }
 
 __all__ = [
@@ -28,4 +31,5 @@ __all__ = [
     "with_penalty", "backprop", "direct_feedback_alignment", "feedback_alignment",
     "kolen_pollack", "sign_symmetry", "burstccn", "burstprop", "BurstState", "BurstpropState",
     "tp", "dtp", "sdtp", "ao_sdtp", "TPState", "FEEDFORWARD_RULES",
+    "rdd", "RDDState", "feedback_phase", "weight_mirror",
 ]
