@@ -278,7 +278,7 @@ def test_launcher_trains_rdd_on_real_fashion_mnist(tmp_path):
   cmd = [sys.executable, "-m", "launch.main", "--config=launch/configs/rdd.py:fashion_mnist,rdd",
          f"--workdir={tmp_path}", f"--config.dataset.data_dir={shared}",
          "--config.dataset.train_split=train[:1600]", "--config.dataset.test_split=test[:1000]",
-         "--config.num_epochs=2", "--config.alignment_every=25", "--config.steps_per_call=25",
+         "--config.num_epochs=2", "--config.alignment_every=25", "--config.steps_per_call=5",
          "--config.rule.steps_per_layer=10000"]
   proc = subprocess.run(cmd, cwd=repo, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                         capture_output=True, text=True, timeout=900)
