@@ -172,11 +172,12 @@ def test_output_layer_error_is_exactly_the_scaled_backprop_delta():
 def test_silence_without_teacher_in_the_qy_symmetric_state():
   net, rule, params, state, x, labels = _setup(y_scale=0.5, q_mode="symmetric_init",
                                                q_lr=0.1, y_lr=0.1, teacher=False)
-  act = bc.burst_pass(net, params, state, x, labels, teacher=False)
+  act = jax.jit(lambda p, s: bc.burst_pass(net, p, s, x, labels, teacher=False))(params, state)
   for u, p, db in zip(act.u, act.p, act.db):
     assert not np.any(np.asarray(u)) and np.all(np.asarray(p) == 0.5) and not np.any(db)
   assert not np.any(np.asarray(act.db[-1]))
-  out = rule.update(params, ({},) * 3, state, {"image": x, "label": labels}, None)
+  out = jax.jit(lambda p, s: rule.update(p, ({},) * 3, s, {"image": x, "label": labels},
+                                         None))(params, state)
   assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(out.grads))
   for new, old in zip(jax.tree.leaves(out.rule_state), jax.tree.leaves(state)):
     np.testing.assert_array_equal(new, old)
@@ -249,6 +250,7 @@ def test_paper_sign_convention_gives_identical_numbers():
     np.testing.assert_array_equal(out.rule_state.q[l], state.q[l] + 0.01 * corr[l])
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_batch_update_is_the_mean_of_per_example_updates():
   net, rule, params, state, x, labels = _setup(y_scale=0.5, q_lr=0.01)
 
@@ -278,7 +280,7 @@ def test_conv_feedback_is_the_exact_adjoint_of_the_next_strided_convolution():
   state = rule.init(jax.random.key(1), params)
   x = _sparse(jax.random.key(2), (4, 13, 13, 2))
   labels = jnp.arange(4) % 5
-  act = bc.burst_pass(net, params, state, x, labels)
+  act = jax.jit(lambda p, s: bc.burst_pass(net, p, s, x, labels))(params, state)
   # u_0 = Ŷ_0 b_1 - Q̂_0 e_1 with the dense matrix of conv 2's transpose, column by column.
   n_in = 5 * 5 * 3
   basis = jnp.eye(n_in).reshape(n_in, 5, 5, 3)
@@ -381,6 +383,7 @@ def test_q_learning_without_teacher_aligns_q_with_y_and_silences_the_apical_dend
     assert end[f"apical_abs/layer{l}"] < 0.5 * start[f"apical_abs/layer{l}"], (start, end)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_reference_state_angles_on_the_mnist_mlp():
   # Notebook settings: random Ŷ (0.5), Q̂ symmetric, batch 32, sparse MNIST-shaped inputs.
   net = _net([500, 500, 500], 784, 10)

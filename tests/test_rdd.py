@@ -163,6 +163,7 @@ def test_y_update_invariants():
   np.testing.assert_allclose(inc, y0 + 0.1 * (2.0 * beta - 0.5 * y0), rtol=1e-6)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_drive_blocks_and_rate():
   """The drive: int(0.2 n) active units per block, re-drawn before steps 99, 199, ...; rate 0.2."""
   n, t = 50, 1000
@@ -180,6 +181,7 @@ def test_drive_blocks_and_rate():
                                 c[500:])
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_pair_statistics_and_alignment_grow():
   """Oracle 9 (driven rates) and a short 100 -> 10 run whose beta aligns with W^T."""
   n, k = 100, 10
@@ -201,6 +203,7 @@ def _small_net():
   return nets.mlp((12,), [50, 40], 20)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_rdd_rule_phase_rewrites_fc_feedback_only():
   """The rule: the phase rewrites the fc Y (not the first block's None), keeps s_Y0, counts phases."""
   net = _small_net()
@@ -228,6 +231,7 @@ def test_rdd_rule_phase_rewrites_fc_feedback_only():
                     y_update_every=1000).phases[0].every_epoch
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_rdd_rule_backward_is_fa_and_conv_feedback_fixed():
   """Oracle 6: the backward pass is FA with the rule's Y; Y = W^T gives backprop; conv Y fixed."""
   from jaxbio.rules import feedback as fb

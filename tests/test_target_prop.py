@@ -52,7 +52,8 @@ def _mean_ce_grads(net, params, batch):
 # 1. The difference rule's fixed point is exact.
 
 
-@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("dtype", [pytest.param("float64", marks=pytest.mark.slow),
+                                   pytest.param("float32", marks=pytest.mark.slow)])
 def test_difference_rule_fixed_point_is_bitwise(dtype):
   with jax.enable_x64(dtype == "float64"):
     net = nets.mlp((12,), [10, 9, 8], 10, dtype=dtype)
@@ -296,6 +297,7 @@ def test_inverse_loss_minimisers_match_their_closed_forms():
     assert float(values[0]) == float(values[1]) > 0
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_inverse_noise_is_fresh_per_example_and_per_step():
   hs = (jnp.zeros((4096, 3)), jnp.zeros((4096, 5)))
   a = tpm.inverse_noise(jax.random.key(0), hs, (1,), 0.25)[1]
@@ -319,7 +321,8 @@ def test_inverse_noise_is_fresh_per_example_and_per_step():
 # 7. Gradient isolation.
 
 
-@pytest.mark.parametrize("name", ["ao_sdtp", pytest.param("dtp", marks=pytest.mark.slow),
+@pytest.mark.parametrize("name", [pytest.param("ao_sdtp", marks=pytest.mark.slow),
+                                  pytest.param("dtp", marks=pytest.mark.slow),
                                   pytest.param("sdtp", marks=pytest.mark.slow),
                                   pytest.param("tp", marks=pytest.mark.slow)])
 def test_gradients_are_isolated(name):
@@ -400,6 +403,7 @@ def test_schedules_update_the_right_parts():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_locally_connected_inverse_is_the_explicit_transpose_of_its_own_kernel():
   net = nets.convnet((6, 6, 2), [(3, 3, 2), (4, 3, 1)], [], 10, local=True, pool=None,
                      activation="identity")
