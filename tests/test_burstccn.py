@@ -297,6 +297,7 @@ def test_conv_feedback_is_the_exact_adjoint_of_the_next_strided_convolution():
   assert state.y[1].shape == (2 * 2 * 4, 6)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_conv_q_learning_is_gradient_descent_on_the_apical_potential():
   net = _cnn()
   rule = bc.burstccn(net, y_scale=0.5, q_mode="random", q_scale=0.3, q_lr=0.1, y_lr=0.05)

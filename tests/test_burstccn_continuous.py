@@ -273,6 +273,7 @@ def test_init_distributions():
     assert all(not np.any(x) for x in xs)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_simulate_matches_the_step_loop_and_windows():
   task = ct.make_task(jax.random.key(3))
   state0 = jax.tree.map(np.asarray, ct.init(jax.random.key(3)))

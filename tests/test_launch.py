@@ -191,6 +191,7 @@ def test_train_chunk_compiles_once_for_every_chunk_length():
   assert chunk._cache_size() == 1
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_unrolled_chunk_equals_the_while_loop_chunk():
   # A small MLP with batch norm and KP (after_step), chunks of 3, 1 and 0 steps.
   rng = np.random.default_rng(0)
