@@ -145,6 +145,25 @@ def apical_nonlinearity(name: str, p_baseline: float):
   return lambda u, e: 2.0 * p_baseline * jax.nn.sigmoid((2.0 / p_baseline) * u * (1.0 - e))
 
 
+def _forward(net: Network, params, x: jax.Array) -> tuple[tuple, tuple]:
+  """Event rates ``e_l = σ(W_l e_{l-1} + c_l)``: ``(inputs e_0..e_{L-1}, rates e_1..e_L)``."""
+  inputs, es, h = [], [], x
+  for block, p in zip(net.blocks, params):
+    inputs.append(h)
+    h = jax.nn.sigmoid(block.linear(p, h))
+    es.append(h)
+  return tuple(inputs), tuple(es)
+
+
+def _teacher(e_out: jax.Array, labels: jax.Array, teacher: bool, target) -> jax.Array:
+  """The teacher ``t``: ``target`` if given, else the one-hot labels, or ``e_L`` without teacher."""
+  if target is not None:
+    return jnp.asarray(target, e_out.dtype)
+  if teacher:
+    return jax.nn.one_hot(labels, e_out.shape[-1], dtype=e_out.dtype)
+  return e_out
+
+
 def burst_pass(net: Network, params, state: BurstState, x: jax.Array, labels: jax.Array, *,
                p_baseline: float = 0.5, apical: str = "code", teacher: bool = True,
                target: jax.Array | None = None) -> BurstActivity:
@@ -166,18 +185,9 @@ def burst_pass(net: Network, params, state: BurstState, x: jax.Array, labels: ja
     A :class:`BurstActivity`.
   """
   f = apical_nonlinearity(apical, p_baseline)
-  inputs, es, h = [], [], x
-  for block, p in zip(net.blocks, params):
-    inputs.append(h)
-    h = jax.nn.sigmoid(block.linear(p, h))
-    es.append(h)
+  inputs, es = _forward(net, params, x)
   e_out = es[-1]
-  if target is not None:
-    t = jnp.asarray(target, e_out.dtype)
-  elif teacher:
-    t = jax.nn.one_hot(labels, e_out.shape[-1], dtype=e_out.dtype)
-  else:
-    t = e_out
+  t = _teacher(e_out, labels, teacher, target)
   n = len(net.blocks)
   ps, bs, dbs, us = [None] * n, [None] * n, [None] * n, [None] * (n - 1)
   ps[-1] = p_baseline * (1.0 + (t - e_out) * (1.0 - e_out))
@@ -189,7 +199,7 @@ def burst_pass(net: Network, params, state: BurstState, x: jax.Array, labels: ja
       ps[l] = f(us[l], es[l])
     bs[l] = ps[l] * es[l]
     dbs[l] = (ps[l] - p_baseline) * es[l]
-  return BurstActivity(tuple(inputs), tuple(es), tuple(us), tuple(ps), tuple(bs), tuple(dbs), t)
+  return BurstActivity(inputs, es, tuple(us), tuple(ps), tuple(bs), tuple(dbs), t)
 
 
 def forward_grads(net: Network, params, act: BurstActivity, *, mean: bool = True):
@@ -231,17 +241,16 @@ def mse_loss(e_out: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean((e_out - t) ** 2, axis=-1)
 
 
-def _outputs(net, params, x):
-  h = x
-  for block, p in zip(net.blocks, params):
-    h = jax.nn.sigmoid(block.linear(p, h))
-  return h
+def _metrics(e_out: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+  """The logged training loss (mean squared error against the one-hot label) and accuracy."""
+  return {"loss": jnp.mean(mse_loss(e_out, labels)),
+          "accuracy": jnp.mean((jnp.argmax(e_out, -1) == labels).astype(jnp.float32))}
 
 
 def _evaluate(net):
   def evaluate(params, net_state, rule_state, images, labels):
     del net_state, rule_state
-    e_out = _outputs(net, params, images)
+    e_out = _forward(net, params, images)[1][-1]
     return mse_loss(e_out, labels), jnp.argmax(e_out, -1) == labels
   return evaluate
 
@@ -359,9 +368,7 @@ def burstccn(net: Network, *, p_baseline: float = 0.5, apical: str = "code",
         q = tuple(qq + q_lr * c for qq, c in zip(q, corr))
       if y_lr:
         y = tuple(yy - y_lr * c for yy, c in zip(y, corr))
-    labels = batch["label"]
-    metrics = {"loss": jnp.mean(mse_loss(act.e[-1], labels)),
-               "accuracy": jnp.mean((jnp.argmax(act.e[-1], -1) == labels).astype(jnp.float32))}
+    metrics = _metrics(act.e[-1], batch["label"])
     return RuleOutput(grads, BurstState(y, q), net_state, metrics)
 
   def after_step(rule_state, params, new_params, updates, key):
@@ -443,18 +450,9 @@ def burstprop_pass(net: Network, params, state: BurstpropState, x: jax.Array,
 
   See :func:`burstprop` for the equations; arguments as :func:`burst_pass`.
   """
-  inputs, es, h = [], [], x
-  for block, p in zip(net.blocks, params):
-    inputs.append(h)
-    h = jax.nn.sigmoid(block.linear(p, h))
-    es.append(h)
+  inputs, es = _forward(net, params, x)
   e_out = es[-1]
-  if target is not None:
-    t = jnp.asarray(target, e_out.dtype)
-  elif teacher:
-    t = jax.nn.one_hot(labels, e_out.shape[-1], dtype=e_out.dtype)
-  else:
-    t = e_out
+  t = _teacher(e_out, labels, teacher, target)
   n = len(net.blocks)
   p_ref, b_ref, p_t, b_t = [None] * n, [None] * n, [None] * n, [None] * n
   a_ref, b_tilde = [None] * (n - 1), [None] * (n - 1)
@@ -474,7 +472,7 @@ def burstprop_pass(net: Network, params, state: BurstpropState, x: jax.Array,
     p_t[l] = jax.nn.sigmoid(s_t * (1.0 - e) - inhibition)
     b_ref[l], b_t[l] = p_ref[l] * e, p_t[l] * e
   delta = tuple((pt - pr) * e for pt, pr, e in zip(p_t, p_ref, es))
-  return BurstpropActivity(tuple(inputs), tuple(es), tuple(p_ref), tuple(b_ref), tuple(a_ref),
+  return BurstpropActivity(inputs, es, tuple(p_ref), tuple(b_ref), tuple(a_ref),
                            tuple(b_tilde), tuple(p_t), tuple(b_t), delta)
 
 
@@ -574,9 +572,7 @@ def burstprop(net: Network, *, p_baseline: float = 0.2, y_mode: str = "random",
       grads = (*grads[:-1], jax.tree.map(lambda g: output_lr_scale * g, grads[-1]))
     rs = tuple(None if r is None else r + r_lr * (act.a_ref[l].T @ act.b_tilde[l])
                for l, r in enumerate(rule_state.r))
-    labels = batch["label"]
-    metrics = {"loss": jnp.mean(mse_loss(act.e[-1], labels)),
-               "accuracy": jnp.mean((jnp.argmax(act.e[-1], -1) == labels).astype(jnp.float32))}
+    metrics = _metrics(act.e[-1], batch["label"])
     return RuleOutput(tuple(grads), BurstpropState(rule_state.y, rs), net_state, metrics)
 
   def after_step(rule_state, params, new_params, updates, key):
