@@ -14,14 +14,12 @@ are also plotted together (``<workdir>/<suite>/plots/*.png``).
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import shutil
-import time
 
 from absl import app, flags, logging
 
-from jaxbio import log, plot, train
+from benchmarks import common
+from jaxbio import log, plot
 
 from benchmarks.suites import SUITES  # noqa: E402
 
@@ -44,13 +42,8 @@ def main(argv):
     if _DATA_DIR.value:
       config.dataset.data_dir = _DATA_DIR.value
     workdir = os.path.join(_WORKDIR.value, _SUITE.value, arg.replace(",", "_"))
-    shutil.rmtree(workdir, ignore_errors=True)
     dirs.append(workdir)
-    start = time.time()
-    train.train_and_evaluate(config, workdir)
-    wall = time.time() - start
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-      records = [json.loads(line) for line in f]
+    records, wall = common.train_fresh(config, workdir)
     errors = [r["test/error_pct"] for r in records]
     best = min(range(len(errors)), key=errors.__getitem__)
     extra = {k: records[-1][k] for k in ("align/jac_sym", "align/weight_angle")

@@ -24,13 +24,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
-import time
 
 from absl import app, flags, logging
 
-from jaxbio import log, plot, train
+from benchmarks import common
+from jaxbio import log, plot
 from launch.configs import burstccn
 
 _EXPERIMENTS = flags.DEFINE_list("experiments", ["mnist"], "Experiments of burstccn.py.")
@@ -86,12 +85,7 @@ def main(argv):
       if _DATA_DIR.value:
         config.dataset.data_dir = _DATA_DIR.value
       workdir = os.path.join(_WORKDIR.value, f"{experiment}_seed{seed}")
-      shutil.rmtree(workdir, ignore_errors=True)
-      start = time.time()
-      train.train_and_evaluate(config, workdir)
-      wall = time.time() - start
-      with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
+      records, wall = common.train_fresh(config, workdir)
       errors = [r["test/error_pct"] for r in records]
       rows.append((experiment, int(seed), errors, wall, _alignment(records[0]),
                    _alignment(records[-1])))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import statistics
 import time
 from typing import Callable
@@ -78,3 +81,16 @@ def matmul_rate(m: int, k: int, n: int, repeats: int = 7, chain: int = 20) -> fl
 
   t = median_seconds(lambda: run(a, b).block_until_ready(), repeats)
   return 2.0 * m * k * n * chain / t
+
+
+def train_fresh(config, workdir: str) -> tuple[list[dict], float]:
+  """Trains ``config`` in an emptied ``workdir`` as the launcher would; ``(records, wall s)``.
+
+  ``records`` are the run's ``metrics.jsonl`` rows, one per epoch.
+  """
+  shutil.rmtree(workdir, ignore_errors=True)
+  start = time.time()
+  train.train_and_evaluate(config, workdir)
+  wall = time.time() - start
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f], wall
