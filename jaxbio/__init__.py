@@ -10,7 +10,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = ("build", "checkpoint", "data", "distributed", "flax_models", "log", "metrics",
-               "nets", "optim", "plot", "recurrent", "rules", "train", "workdir")
+               "nets", "optim", "plot", "recurrent", "replicas", "rules", "train", "workdir")
 __all__ = ["metrics", "nets", "recurrent", "rules", "__version__"]
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbio import build, data, optim, registry
+from jaxbio import build, data, optim, registry, replicas
 from jaxbio.rules.base import LearningRule, Pass
 
 
@@ -115,6 +115,63 @@ def init_state(exp: Experiment, seed: int) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, net_state=net_state,
                     opt_state=exp.tx.init(params), rule_state=exp.rule.init(k_rule, params),
                     key=jax.random.key_data(k_run), phase_epoch=jnp.full((), -1, jnp.int32))
+
+
+def rebuild(exp: Experiment, config, values: dict[str, Any]) -> Experiment:
+  """``exp`` with its rule, references and optimiser built from ``config`` with ``values``.
+
+  ``values`` maps config fields (``"optimizer.learning_rate"``,
+  ``"rule.sigma"``, ...) to values, traced arrays included: this is how each
+  replica of a :mod:`jaxbio.replicas` run gets its own hyperparameters inside
+  one compiled program. The network, dataset and step counts are ``exp``'s
+  (fields that would change them cannot be drawn). No values: ``exp`` itself.
+  """
+  if not values:
+    return exp
+  c = replicas.with_values(config, values)
+  rule = build.build_rule(c.rule, exp.net, exp.total_steps)
+  rule = build.add_penalties(rule, exp.net, c)
+  tx = optim.make_optimizer(c.optimizer, exp.total_steps)
+  return exp._replace(rule=rule, references=build.build_references(rule, exp.net, c.rule),
+                      tx=tx)
+
+
+def check_replicas(config, num_train: int) -> replicas.ReplicaPlan | None:
+  """The run's replica plan, with every replica's own config checked; one-line ValueErrors.
+
+  Each replica's config (its seed and drawn values) is built as a single run
+  would be, so a drawn value the rule or optimiser refuses (a negative
+  learning rate, say) is reported with the replica's index.
+  """
+  plan = replicas.plan(config)
+  if plan is None:
+    return None
+  seen = set()
+  for r in range(plan.size):
+    key = tuple(sorted(plan.values(r).items()))
+    if key in seen:
+      continue
+    seen.add(key)
+    try:
+      build_experiment(replicas.config_for(config, plan, r), num_train)
+    except ValueError as e:
+      raise ValueError(f"replica {r} ({_describe(plan.values(r))}): {e}") from None
+  return plan
+
+
+def _describe(values: dict[str, float]) -> str:
+  return ", ".join(f"{k}={v:.4g}" for k, v in values.items()) or "no drawn fields"
+
+
+def replica_values(plan: replicas.ReplicaPlan, dtype=jnp.float32) -> dict[str, jax.Array]:
+  """The drawn fields' per-replica values, as arrays (leading axis: replicas)."""
+  return {k: jnp.asarray(v, dtype) for k, v in plan.hparams.items()}
+
+
+def init_replicas(exp: Experiment, config, plan: replicas.ReplicaPlan, values) -> TrainState:
+  """The replicas' initial states, stacked: replica ``r`` as ``init_state`` with its seed and values."""
+  seeds = jnp.asarray(plan.seeds, jnp.uint32)
+  return jax.vmap(lambda seed, v: init_state(rebuild(exp, config, v), seed))(seeds, values)
 
 
 def make_preprocess(config, spec):

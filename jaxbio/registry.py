@@ -227,6 +227,8 @@ def validate(config) -> None:
     raise ValueError(f"unknown dataset.augment {config.dataset.augment!r}; valid choices: "
                      f"{', '.join(AUGMENTATIONS)}")
   check_names(config.model.arch, config.rule.name)
+  from jaxbio import replicas  # pylint: disable=g-import-not-at-top  (no JAX either)
+  replicas.plan(config)
 
 
 def check_placement(placement: str) -> None:

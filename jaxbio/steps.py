@@ -66,7 +66,7 @@ def all_finite(tree, square: bool = False) -> jax.Array:
 
 
 def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
-                     pass_index: int = 0):
+                     pass_index: int = 0, plan=None):
   """Compiles ``chunk(state, images, labels, idx, num_steps, first_loss) -> ChunkOut``.
 
   Runs ``num_steps`` (dynamic, <= ``idx.shape[0]``) training steps of pass
@@ -84,8 +84,33 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
   ``first_loss``, the loss of the run's first step of this pass (NaN until
   that step has run; the chunk that runs it records it). Once a step is bad the state stops
   changing, so the state returned is the last good one.
+
+  With a :class:`jaxbio.replicas.ReplicaPlan`, the chunk is ``jax.vmap``-ed
+  over replicas: ``chunk(values, states, images, labels, idx, num_steps,
+  first_loss, start_bad)`` where ``states`` has a leading replica axis, ``idx``
+  is ``(replicas, steps, batch)`` (each replica's own data order),
+  ``first_loss`` and ``start_bad`` are per replica (a replica that starts bad,
+  one that diverged before, is left unchanged), ``values`` maps each drawn
+  config field to its per-replica values, and each replica's rule and
+  optimiser are built from its own values (:func:`jaxbio.experiment.rebuild`).
+  ``images`` and ``labels`` are shared with ``"device"`` placement, per
+  replica with ``"host"``.
   """
   registry.check_placement(placement)
+  replicated = NamedSharding(mesh, P())
+  if plan is None:
+    chunk = _chunk_fn(exp, config, mesh, placement, pass_index)
+    single = lambda state, images, labels, idx, num_steps, first_loss: chunk(
+        state, images, labels, idx, num_steps, first_loss, Bad.NONE)
+    return jax.jit(single, donate_argnums=(0,), out_shardings=replicated)
+  data_axis = None if placement == "device" else 0
+  replicas = _over_replicas(lambda e: _chunk_fn(e, config, mesh, placement, pass_index), exp,
+                            config, (0, data_axis, data_axis, 0, None, 0, 0))
+  return jax.jit(replicas, donate_argnums=(1,), out_shardings=replicated)
+
+
+def _chunk_fn(exp: Experiment, config, mesh, placement: str, pass_index: int):
+  """The training chunk of :func:`make_train_chunk`, not compiled, with a starting bad code."""
   preprocess = make_preprocess(config, exp.dataset)
   batch_sharding = NamedSharding(mesh, P("data"))
   factor = float(config.get("divergence_factor", 0.0))
@@ -117,7 +142,7 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
     bad = jnp.where(jnp.all(checks), Bad.NONE, codes[jnp.argmin(checks)])
     return new, out.metrics, bad
 
-  def chunk(state: TrainState, images, labels, idx, num_steps, first_loss):
+  def chunk(state: TrainState, images, labels, idx, num_steps, first_loss, start_bad):
     row = (lambda i: idx[i]) if placement == "device" else (lambda i: i)
     zero_metrics = jax.eval_shape(lambda s: one_step(s, images, labels, row(0))[1], state)
     sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), zero_metrics)
@@ -139,7 +164,7 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
       bad = jnp.where(first_bad, step_bad, bad)
       return state, sums, bad, bad_step, bad_value, first
 
-    init = (state, sums0, jnp.int32(Bad.NONE), jnp.int32(-1), jnp.float32(jnp.nan),
+    init = (state, sums0, jnp.asarray(start_bad, jnp.int32), jnp.int32(-1), jnp.float32(jnp.nan),
             jnp.asarray(first_loss, jnp.float32))
     if unrolled:
       # Straight-line code, one copy of the step per row of idx; steps past num_steps leave
@@ -159,8 +184,7 @@ def make_train_chunk(exp: Experiment, config, mesh, placement: str = "device",
     bad_step = jnp.where(late, state.step, bad_step)
     return ChunkOut(state, sums, bad, bad_step, bad_value, first)
 
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(chunk, donate_argnums=(0,), out_shardings=replicated)
+  return chunk
 
 
 def _softmax_cross_entropy_eval(net):
@@ -172,13 +196,38 @@ def _softmax_cross_entropy_eval(net):
   return evaluate
 
 
-def make_eval(exp: Experiment, config, mesh):
+def _over_replicas(build_fn, exp: Experiment, config, in_axes: tuple):
+  """``fn(values, *args)``: ``build_fn(experiment)(*args)`` ``jax.vmap``-ed over replicas.
+
+  Each replica's function is built from its own experiment, the rule and
+  optimiser of its ``values`` (:func:`jaxbio.experiment.rebuild`); ``in_axes``
+  are those of ``args`` (0: per replica, None: shared).
+  """
+  from jaxbio.experiment import rebuild  # pylint: disable=g-import-not-at-top
+
+  def one(values, *args):
+    return build_fn(rebuild(exp, config, values))(*args)
+
+  return jax.vmap(one, in_axes=(0,) + tuple(in_axes))
+
+
+def make_eval(exp: Experiment, config, mesh, plan=None):
   """Compiles ``evaluate(params, net_state, rule_state, images, labels) -> (loss_sum, correct)``.
 
   Per-example losses and correctness come from the rule's ``evaluate`` (default:
   softmax cross-entropy of the network's output), over batches of
-  ``config.eval_batch_size``.
+  ``config.eval_batch_size``. With a replica plan: ``evaluate(values, params,
+  net_state, rule_state, images, labels)`` over stacked replicas, returning
+  per-replica sums (the images are shared).
   """
+  out = NamedSharding(mesh, P())
+  if plan is not None:
+    return jax.jit(_over_replicas(lambda e: _eval_fn(e, config), exp, config,
+                                  (0, 0, 0, None, None)), out_shardings=out)
+  return jax.jit(_eval_fn(exp, config), out_shardings=out)
+
+
+def _eval_fn(exp: Experiment, config):
   preprocess = make_preprocess(config, exp.dataset)
   eval_bs = config.eval_batch_size
   per_example = exp.rule.evaluate or _softmax_cross_entropy_eval(exp.net)
@@ -200,11 +249,23 @@ def make_eval(exp: Experiment, config, mesh):
     losses, correct = jax.lax.map(one, (shape(images), shape(labels), shape(valid)))
     return jnp.sum(losses), jnp.sum(correct)
 
-  return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
+  return evaluate
 
 
-def make_periodic(exp: Experiment, config, mesh):
-  """Compiles ``periodic(state, images, labels, key_data) -> dict`` of alignment and diagnostics."""
+def make_periodic(exp: Experiment, config, mesh, plan=None):
+  """Compiles ``periodic(state, images, labels, key_data) -> dict`` of alignment and diagnostics.
+
+  With a replica plan: ``periodic(values, states, images, labels, key_data)``,
+  every argument per replica.
+  """
+  out = NamedSharding(mesh, P())
+  if plan is not None:
+    return jax.jit(_over_replicas(lambda e: _periodic_fn(e, config), exp, config,
+                                  (0, 0, 0, 0)), out_shardings=out)
+  return jax.jit(_periodic_fn(exp, config), out_shardings=out)
+
+
+def _periodic_fn(exp: Experiment, config):
   preprocess = make_preprocess(config, exp.dataset)
   diagnostics = build.build_diagnostics(exp.net, config.rule)
 
@@ -219,21 +280,34 @@ def make_periodic(exp: Experiment, config, mesh):
       out.update(exp.rule.diagnostics(s.params, s.net_state, s.rule_state, batch, key))
     return out
 
-  return jax.jit(periodic, out_shardings=NamedSharding(mesh, P()))
+  return periodic
 
 
-def make_phase(exp: Experiment, mesh):
-  """Compiles ``phase(state, epoch_key_data) -> (state, metrics)``: the rule's epoch phases.
+def make_phase(exp: Experiment, mesh, config=None, plan=None):
+  """Compiles ``phase(state, epoch_key_data, first_epoch) -> (state, metrics)``: the epoch phases.
 
   Every phase whose ``every_epoch`` is set (or, before the first epoch, every
   phase) runs in order, keyed by ``fold_in(key, i)``; ``state.phase_epoch`` is
   not changed here (the loop sets it once the phase is done). Returns None if
-  the rule has no phases.
+  the rule has no phases. With a replica plan (and the run's ``config``):
+  ``phase(states, key_data, first_epoch, values)``, per replica.
   """
   if not exp.rule.phases:
     return None
+  out = NamedSharding(mesh, P())
+  if plan is None:
+    return jax.jit(lambda state, key_data, first_epoch: _phase_fn(exp, first_epoch)(
+        state, key_data), static_argnums=(2,), donate_argnums=(0,), out_shardings=out)
 
-  def phase(state: TrainState, key_data, first_epoch: bool):
+  def phases(states, key_data, first_epoch, values):
+    return _over_replicas(lambda e: _phase_fn(e, first_epoch), exp, config, (0, 0))(
+        values, states, key_data)
+
+  return jax.jit(phases, static_argnums=(2,), donate_argnums=(0,), out_shardings=out)
+
+
+def _phase_fn(exp: Experiment, first_epoch: bool):
+  def phase(state: TrainState, key_data):
     key = jax.random.wrap_key_data(key_data)
     rule_state, metrics = state.rule_state, {}
     for i, ph in enumerate(exp.rule.phases):
@@ -244,8 +318,7 @@ def make_phase(exp: Experiment, mesh):
                         for k, v in m.items()})
     return state._replace(rule_state=rule_state), metrics
 
-  return jax.jit(phase, static_argnums=(2,), donate_argnums=(0,),
-                 out_shardings=NamedSharding(mesh, P()))
+  return phase
 
 
 def phase_key(seed: int, epoch: int) -> jax.Array:

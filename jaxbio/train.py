@@ -35,8 +35,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import jaxbio
-from jaxbio import checkpoint, data, registry, steps, workdir as workdirs
+from jaxbio import checkpoint, data, registry, replicas, steps, workdir as workdirs
 from jaxbio.experiment import Experiment, TrainState, build_experiment, init_state  # noqa: F401
+from jaxbio.experiment import check_replicas
 from jaxbio.experiment import make_preprocess  # noqa: F401  (part of this module's API)
 from jaxbio.log import logger as logging
 from jaxbio.preemption import PreemptionFlag
@@ -176,10 +177,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     data_dir = workdirs.resolve(data_dir)
   train_ds = data.load(config.dataset.name, config.dataset.train_split, data_dir)
   test_ds = data.load(config.dataset.name, config.dataset.test_split, data_dir)
-  logging.info("data: %s %s (%d examples) and %s (%d) ready in %.1f s", config.dataset.name,
+  val_split = config.dataset.get("validation_split", "")
+  val_ds = data.load(config.dataset.name, val_split, data_dir) if val_split else None
+  logging.info("data: %s %s (%d examples) and %s (%d)%s ready in %.1f s", config.dataset.name,
                config.dataset.train_split, len(train_ds.labels), config.dataset.test_split,
-               len(test_ds.labels), time.time() - t_begin)
+               len(test_ds.labels), f", validation {val_split} ({len(val_ds.labels)})"
+               if val_ds else "", time.time() - t_begin)
   exp = build_experiment(config, len(train_ds.labels))
+  plan = check_replicas(config, len(train_ds.labels))
   devices = jax.devices()
   if config.batch_size % len(devices):
     raise ValueError(f"config.batch_size {config.batch_size} is not divisible by the "
@@ -187,7 +192,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   workdirs.create(workdir, shown)
   lock = _lock_workdir(workdir, shown)
   try:
-    run = _Run(config, exp, train_ds, test_ds, make_mesh(devices), workdir, shown)
+    if plan is None:
+      run = _Run(config, exp, train_ds, test_ds, make_mesh(devices), workdir, shown, val_ds)
+    else:
+      from jaxbio.train_replicas import ReplicaRun  # pylint: disable=g-import-not-at-top
+      run = ReplicaRun(config, exp, train_ds, test_ds, make_mesh(devices), workdir, shown,
+                       val_ds, plan)
     return run.loop(t_begin)
   finally:
     lock.release()
@@ -220,8 +230,10 @@ class Action(NamedTuple):
 class _Run:
   """One run's state between chunks, and the loop over them."""
 
-  def __init__(self, config, exp: Experiment, train_ds, test_ds, mesh, workdir: str, shown: str):
+  def __init__(self, config, exp: Experiment, train_ds, test_ds, mesh, workdir: str, shown: str,
+               val_ds=None):
     self.config, self.exp, self.train_ds, self.test_ds = config, exp, train_ds, test_ds
+    self.val_ds = val_ds
     self.shown = shown
     self.replicated = NamedSharding(mesh, P())
     self.placement = config.data_placement
@@ -230,15 +242,10 @@ class _Run:
       # inside the compiled step.
       self.train_images, self.train_labels = self.put(train_ds.images), self.put(train_ds.labels)
     self.test_images, self.test_labels = self.put(test_ds.images), self.put(test_ds.labels)
-    self.rows_sharding = NamedSharding(mesh, P(None, "data"))
-    self.local_rows = _process_batch_slice(self.rows_sharding,
-                                           (config.steps_per_call, config.batch_size))
-    self.state = jax.jit(lambda: init_state(exp, config.seed), out_shardings=self.replicated)()
-    self.chunks = [make_train_chunk(exp, config, mesh, self.placement, p)
-                   for p in range(len(exp.passes))]
-    self.eval_fn = make_eval(exp, config, mesh)
-    self.periodic_fn = steps.make_periodic(exp, config, mesh)
-    self.phase_fn = steps.make_phase(exp, mesh)
+    if val_ds is not None:
+      self.val_images, self.val_labels = self.put(val_ds.images), self.put(val_ds.labels)
+    self.mesh = mesh
+    self.compile()
     self.ckpt_every = config.checkpoint.every_steps or exp.steps_per_epoch
     self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                         keep=config.checkpoint.keep)
@@ -254,12 +261,13 @@ class _Run:
       self.state, meta, _ = restored
       _check_resumable(meta.get("config", {}), json.loads(config.to_json()), shown)
       self.loop_state.update(meta.get("loop", {}))
-      logging.info("resuming from the checkpoint of step %d", int(self.state.step))
     self.primary = jax.process_index() == 0
+    self.step = self.run_step()
+    if restored is not None:
+      logging.info("resuming from the checkpoint of step %d", self.step)
     if self.primary:
-      _truncate_metrics(self.metrics_path, int(self.state.step))
+      _truncate_metrics(self.metrics_path, self.step)
     self.writers = _Writers(workdir, self.primary)
-    self.step = int(self.state.step)
     self.t_start, self.t_last_log, self.steps_at_start = time.time(), 0.0, self.step
     self.elapsed_before = float(self.loop_state["elapsed_s"])
     self.window = {"loss": 0.0, "accuracy": 0.0, "steps": 0, "t": time.time()}
@@ -276,12 +284,34 @@ class _Run:
         Action("checkpoint", self.periodic_save, every=self.ckpt_every, at_end=True),
         Action("preemption", self.check_preemption, each_chunk=True),
     )
-    n_params = sum(x.size for x in jax.tree.leaves(self.state.params))
+    n_params = sum(x.size for x in jax.tree.leaves(jax.eval_shape(exp.net.init,
+                                                                 jax.random.key(0))[0]))
     logging.info("%s on %s with %s (%d parameters): %d epochs x %d steps%s, batch %d, "
-                 "%d device(s)", config.rule.name, config.dataset.name, config.model.arch,
+                 "%d device(s)%s", config.rule.name, config.dataset.name, config.model.arch,
                  n_params, config.num_epochs, exp.steps_per_pass,
                  "" if len(exp.passes) == 1 else f" x {len(exp.passes)} passes "
-                 f"({', '.join(p.name for p in exp.passes)})", config.batch_size, len(mesh.devices.flat))
+                 f"({', '.join(p.name for p in exp.passes)})", config.batch_size,
+                 len(mesh.devices.flat), self.describe())
+
+  def compile(self) -> None:
+    """The initial state and the compiled steps (a subclass trains replicas)."""
+    config, exp, mesh = self.config, self.exp, self.mesh
+    self.rows_sharding = NamedSharding(mesh, P(None, "data"))
+    self.local_rows = _process_batch_slice(self.rows_sharding,
+                                           (config.steps_per_call, config.batch_size))
+    self.state = jax.jit(lambda: init_state(exp, config.seed), out_shardings=self.replicated)()
+    self.chunks = [make_train_chunk(exp, config, mesh, self.placement, p)
+                   for p in range(len(exp.passes))]
+    self.eval_fn = make_eval(exp, config, mesh)
+    self.periodic_fn = steps.make_periodic(exp, config, mesh)
+    self.phase_fn = steps.make_phase(exp, mesh)
+
+  def run_step(self) -> int:
+    """The run's step, read from the state."""
+    return int(self.state.step)
+
+  def describe(self) -> str:
+    return ""
 
   # -- Helpers.
 
@@ -330,9 +360,12 @@ class _Run:
       self.writers.close()
       self.ckpt.close()
     if self.primary:
-      _summary(self.config, self.metrics_path, self.shown, self.step - self.steps_at_start,
-               time.time() - self.t_start, time.time() - t_begin, latest)
+      self.summary(time.time() - self.t_start, time.time() - t_begin, latest)
     return self.record
+
+  def summary(self, train_s: float, wall_s: float, latest: int | None) -> None:
+    _summary(self.config, self.metrics_path, self.shown, self.step - self.steps_at_start,
+             train_s, wall_s, latest)
 
   def chunk_length(self, pos: int) -> int:
     """Steps of the next chunk: up to the pass's end or the next due action."""
@@ -452,6 +485,7 @@ class _Run:
               "test/loss": float(loss_sum) / n_test,
               "test/accuracy": float(correct) / n_test,
               "test/error_pct": 100.0 * (1 - float(correct) / n_test),
+              **self.validation(),
               **{f"align/{k}": v for k, v in lp["last_align"].items()},
               **lp["phase"],
               "time/elapsed_s": self.elapsed(),
@@ -477,6 +511,16 @@ class _Run:
                       record["epoch"], imag)
     self.writers.write(self.step, record)
     self.record = record
+
+  def validation(self) -> dict[str, float]:
+    """Loss, accuracy and error on ``dataset.validation_split`` (empty without one)."""
+    if self.val_ds is None:
+      return {}
+    loss_sum, correct = self.eval_fn(self.state.params, self.state.net_state,
+                                     self.state.rule_state, self.val_images, self.val_labels)
+    n = len(self.val_ds.labels)
+    return {"val/loss": float(loss_sum) / n, "val/accuracy": float(correct) / n,
+            "val/error_pct": 100.0 * (1 - float(correct) / n)}
 
   def periodic_save(self) -> None:
     self.save(force=self.step == self.exp.total_steps)
@@ -521,7 +565,8 @@ def _summary(config, metrics_path: str, shown: str, steps_run: int, train_s: flo
 
 
 # Fields whose change would alter the data order or the meaning of the step count.
-_RESUME_FIELDS = (("seed",), ("batch_size",), ("dataset", "name"), ("dataset", "train_split"))
+_RESUME_FIELDS = (("seed",), ("batch_size",), ("dataset", "name"), ("dataset", "train_split"),
+                  ("replicas",))
 
 
 def _check_resumable(saved: dict, current: dict, workdir: str) -> None:
@@ -530,6 +575,8 @@ def _check_resumable(saved: dict, current: dict, workdir: str) -> None:
     a, b = saved, current
     for k in path:
       a, b = (a or {}).get(k), (b or {}).get(k)
+    if path == ("replicas",) and a is None:  # saved before replicas existed: one replica.
+      a = json.loads(replicas.default_config().to_json())
     if a != b:
       name = ".".join(path)
       raise ValueError(f"workdir {workdir} holds a run with {name}={a!r}; this config has "

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbio.recurrent.vector_fields import real_linear
+from jaxbio.rules.base import concrete
 
 FREE_DTYPES = ("float32", "float16", "bfloat16")
 N1_REFERENCES = ("start", "f0")
@@ -349,7 +350,7 @@ def online_phase(net, params: dict, x: jax.Array, y: jax.Array, *, n_points: int
   """
   if not isinstance(n_points, int) or n_points < 2:
     raise ValueError(f"online hEP needs n_points >= 2, got {n_points!r}")
-  if not (math.isfinite(float(beta)) and float(beta) != 0.0):
+  if concrete(beta) and not (math.isfinite(float(beta)) and float(beta) != 0.0):
     raise ValueError(f"beta must be a finite nonzero number, got {beta!r}")
   q = int(t_free) // int(t_nudge)
   if t_nudge < 1 or q - skip_rounds < 1 or skip_rounds < 0:

@@ -49,6 +49,7 @@ from jax import lax
 
 from jaxbio.recurrent import dynamics
 from jaxbio.rules.base import EmptyState, LearningRule, RuleOutput, accuracy, check_batch
+from jaxbio.rules.base import concrete
 
 RESIDUAL_THRESHOLD = 1e-3
 
@@ -140,7 +141,7 @@ def _check_int(name, value, minimum):
 def _check_common(net, t_free, residual_threshold):
   t_free = net.t_free if t_free is None else t_free
   _check_int("t_free", t_free, 1)
-  if not residual_threshold > 0:
+  if concrete(residual_threshold) and not residual_threshold > 0:
     raise ValueError(f"residual_threshold must be > 0, got {residual_threshold!r}")
   return t_free
 
@@ -232,7 +233,7 @@ def hep_online(net, *, n_points: int = 4, beta: float = 0.5, t_free: int = 1200,
   if t_free // t_nudge <= skip_rounds:
     raise ValueError(f"online hEP needs skip_rounds < t_free // t_nudge = {t_free // t_nudge}, "
                      f"got skip_rounds={skip_rounds}")
-  if not (math.isfinite(float(beta)) and float(beta) != 0.0):
+  if concrete(beta) and not (math.isfinite(float(beta)) and float(beta) != 0.0):
     raise ValueError(f"beta must be a finite nonzero number, got {beta!r}")
 
   def update(params, net_state, rule_state, batch, key):

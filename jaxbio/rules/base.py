@@ -247,6 +247,16 @@ def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict[str, ja
 RULE_GRADS = "rule_grads"  # aux key: the wrapped rule's own updates (see with_penalty).
 
 
+def concrete(x) -> bool:
+  """Whether ``x`` is a concrete value, not a traced one.
+
+  A hyperparameter that differs between the replicas of one program
+  (:mod:`jaxbio.replicas`) reaches a rule's factory traced; range checks
+  skip it (each replica's value was checked as a single run's first).
+  """
+  return not isinstance(x, jax.core.Tracer)
+
+
 def with_penalty(rule: LearningRule, penalty: Callable[..., jax.Array], weight: float,
                  name: str = "penalty") -> LearningRule:
   """Adds ``weight * grad(penalty)`` to a rule's updates.
@@ -264,7 +274,7 @@ def with_penalty(rule: LearningRule, penalty: Callable[..., jax.Array], weight: 
   innermost rule's. This is how the launcher composes, for example, the
   Jacobian-homeostasis loss with any rule on convergent recurrent networks.
   """
-  if weight < 0:
+  if concrete(weight) and weight < 0:
     raise ValueError(f"{name} weight must be >= 0, got {weight}")
 
   def add_penalty(rule_update):

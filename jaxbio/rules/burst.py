@@ -70,7 +70,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbio.nets.sequential import Network
-from jaxbio.rules.base import LearningRule, Pass, RuleOutput, check_batch
+from jaxbio.rules.base import LearningRule, Pass, RuleOutput, check_batch, concrete
 
 APICAL = ("code", "paper", "journal")
 Y_MODES = ("random", "symmetric_init", "tied")
@@ -129,7 +129,7 @@ def check_network(net, rule_name: str = "burstccn") -> None:
 def apical_nonlinearity(name: str, p_baseline: float):
   """``f(u, e) -> p`` for a hidden layer (see the module docstring)."""
   _choice("apical nonlinearity", name, APICAL)
-  if not 0 < p_baseline < 1:
+  if concrete(p_baseline) and not 0 < p_baseline < 1:
     raise ValueError(f"burstccn p_baseline must be in (0, 1), got {p_baseline}")
   if name == "code":
     if p_baseline != 0.5:
@@ -329,7 +329,7 @@ def burstccn(net: Network, *, p_baseline: float = 0.5, apical: str = "code",
   if q_mode == "tied" and q_lr:
     raise ValueError(f"burstccn q_lr must be 0 with q_mode='tied' (tied feedback is re-copied "
                      f"from Ŷ after every step), got {q_lr}")
-  if not 0 <= weight_decay < 1:
+  if concrete(weight_decay) and not 0 <= weight_decay < 1:
     raise ValueError(f"burstccn weight_decay must be in [0, 1), got {weight_decay}")
   hidden = range(len(net.blocks) - 1)
   dtype = net.param_dtype
@@ -535,12 +535,12 @@ def burstprop(net: Network, *, p_baseline: float = 0.2, y_mode: str = "random",
   check_network(net, "burstprop")
   _choice("y_mode", y_mode, Y_MODES, "burstprop")
   _choice("batch_reduction", batch_reduction, BATCH_REDUCTIONS, "burstprop")
-  if not 0 < p_baseline < 1:
+  if concrete(p_baseline) and not 0 < p_baseline < 1:
     raise ValueError(f"burstprop p_baseline must be in (0, 1), got {p_baseline}")
   if y_mode == "tied" and learn_feedback:
     raise ValueError("burstprop learn_feedback must be False with y_mode='tied' (tied feedback "
                      "is re-copied from W after every step)")
-  if not 0 <= weight_decay < 1:
+  if concrete(weight_decay) and not 0 <= weight_decay < 1:
     raise ValueError(f"burstprop weight_decay must be in [0, 1), got {weight_decay}")
   hidden = range(len(net.blocks) - 1)
   dtype = net.param_dtype

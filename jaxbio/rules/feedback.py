@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jaxbio.nets.sequential import Network
 from typing import NamedTuple
 
-from jaxbio.rules.base import (EmptyState, LearningRule, RuleOutput, check_batch,
+from jaxbio.rules.base import (EmptyState, concrete, LearningRule, RuleOutput, check_batch,
                                classification_metrics, cross_entropy)
 
 
@@ -132,7 +132,7 @@ def kolen_pollack(net: Network, *, weight_decay: float = 0.0,
     weight_decay: the decay of each step, for ``W`` and ``B`` alike, in [0, 1).
     feedback_scale: multiplies the initial random feedback weights.
   """
-  if not 0 <= weight_decay < 1:
+  if concrete(weight_decay) and not 0 <= weight_decay < 1:
     raise ValueError(f"kolen_pollack weight_decay must be in [0, 1), got {weight_decay}")
 
   def after_step(rule_state, params, new_params, updates, key):

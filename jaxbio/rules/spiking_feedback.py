@@ -701,7 +701,7 @@ def weight_mirror(net, *, mirror_lr: float = 0.01, decay: float = 0.0, noise_sca
     feedback_scale: multiplies the initial random feedback (FA's).
   """
   from jaxbio.rules import base, feedback as fb_rules  # pylint: disable=g-import-not-at-top
-  if not 0 <= decay < 1:
+  if base.concrete(decay) and not 0 <= decay < 1:
     raise ValueError(f"weight_mirror decay must be in [0, 1), got {decay}")
   fa = fb_rules.feedback_alignment(net, feedback_scale=feedback_scale)
 

@@ -80,7 +80,7 @@ import optax
 
 from jaxbio.nets import layers
 from jaxbio.nets.sequential import Network
-from jaxbio.rules.base import LearningRule, Pass, RuleOutput, check_batch
+from jaxbio.rules.base import LearningRule, Pass, RuleOutput, check_batch, concrete
 
 TOPS = ("gradient", "label")
 INVERSE_LOSSES = ("noise_preserving", "denoising")
@@ -309,9 +309,9 @@ def _make(net: Network, spec: _Spec, schedule: str,
   check_network(net, spec.name)
   _choice(spec.name, "schedule", schedule, SCHEDULES)
   _choice(spec.name, "inverse_loss", spec.inverse_loss, INVERSE_LOSSES)
-  if not (math.isfinite(spec.alpha) and spec.alpha >= 0):
+  if concrete(spec.alpha) and not (math.isfinite(spec.alpha) and spec.alpha >= 0):
     raise ValueError(f"{spec.name} alpha must be a finite number >= 0, got {spec.alpha}")
-  if not (math.isfinite(spec.sigma) and spec.sigma >= 0):
+  if concrete(spec.sigma) and not (math.isfinite(spec.sigma) and spec.sigma >= 0):
     raise ValueError(f"{spec.name} sigma must be a finite number >= 0, got {spec.sigma}")
   tx = optax.adam(1e-3) if inverse_optimizer is None else inverse_optimizer
   indices = inverse_layers(net, spec.top)

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from jaxbio import replicas
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Returns the fields every experiment has; experiment files fill them in."""
@@ -28,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   # loss (a run that exploded without a NaN); 0 turns the check off.
   c.divergence_factor = 100.0
   c.dataset = ml_collections.ConfigDict(dict(
-      name="mnist", data_dir="", train_split="train", test_split="test",
+      name="mnist", data_dir="", train_split="train", test_split="test", validation_split="",
       normalize="scale", augment="none", crop_padding=4, std_multiplier=1.0))
   c.model = ml_collections.ConfigDict(dict(arch="mlp"))
   c.rule = ml_collections.ConfigDict(dict(name="bp"))
@@ -36,6 +38,11 @@ def base_config() -> ml_collections.ConfigDict:
       name="adam", learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, momentum=0.0,
       weight_decay=0.0, schedule="constant"))
   c.homeostasis = ml_collections.ConfigDict(dict(weight=0.0, num_probes=5))
+  # Several seeds and hyperparameter draws trained together in one program
+  # (jaxbio.replicas): seeds (a count from config.seed) or seed_list; hparams, a
+  # JSON object of per-draw value lists, or search, a JSON random-search space
+  # with `draws` draws by `search_seed`. One replica: a plain run.
+  c.replicas = replicas.default_config()
   # Checkpoints in <workdir>/checkpoints: every `every_steps` steps (0: at the end
   # of every epoch) and at the end, keeping the last `keep`.
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=0, keep=3))
