@@ -26,33 +26,53 @@ class ChunkRunner:
   times taken to trace and lower the chunk and to compile it (XLA).
   """
 
-  def __init__(self, config, image_shape, devices=None, seed: int = 0, pass_index: int = 0):
+  def __init__(self, config, image_shape, devices=None, seed: int = 0, pass_index: int = 0,
+               replicas: int = 1):
     devices = devices or jax.devices()
     self.steps = config.steps_per_call
     n = config.batch_size * self.steps
     self.exp = train.build_experiment(config, n)
     mesh = train.make_mesh(devices)
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    self._chunk = train.make_train_chunk(self.exp, config, mesh, pass_index=pass_index)
     rng = np.random.default_rng(seed)
     put = lambda x: jax.device_put(x, rep)
-    self._args = (put(rng.integers(0, 256, (n, *image_shape), np.uint8)),
-                  put(rng.integers(0, 10, (n,), np.int32)),
-                  put(np.arange(n, dtype=np.int32).reshape(self.steps, -1)),
-                  put(np.int32(self.steps)), put(np.float32(np.nan)))
-    self.state = jax.jit(lambda: train.init_state(self.exp, seed), out_shardings=rep)()
+    data = (put(rng.integers(0, 256, (n, *image_shape), np.uint8)),
+            put(rng.integers(0, 10, (n,), np.int32)))
+    self.replicas = replicas
+    if replicas == 1:  # the plain single-run program.
+      self._chunk = train.make_train_chunk(self.exp, config, mesh, pass_index=pass_index)
+      self._args = (*data, put(np.arange(n, dtype=np.int32).reshape(self.steps, -1)),
+                    put(np.int32(self.steps)), put(np.float32(np.nan)))
+      self.state = jax.jit(lambda: train.init_state(self.exp, seed), out_shardings=rep)()
+      lead = ()
+    else:  # `replicas` seeds in one vmapped program, each with its own data order.
+      from jaxbio import experiment, replicas as replicas_lib  # pylint: disable=g-import-not-at-top
+      config = config.copy_and_resolve_references()
+      config.replicas.seeds = replicas
+      plan = replicas_lib.plan(config)
+      self._chunk = train.make_train_chunk(self.exp, config, mesh, pass_index=pass_index,
+                                           plan=plan)
+      values = {k: put(v.astype(np.float32)) for k, v in plan.hparams.items()}
+      idx = np.stack([rng.permutation(n).reshape(self.steps, -1) for _ in range(replicas)])
+      self.state = jax.jit(lambda v: experiment.init_replicas(self.exp, config, plan, v),
+                           out_shardings=rep)(values)
+      self._args = (*data, put(idx.astype(np.int32)), put(np.int32(self.steps)),
+                    put(np.full((replicas,), np.nan, np.float32)),
+                    put(np.zeros((replicas,), np.int32)))
+      lead = (values,)
+    self._lead = lead
     t = time.perf_counter()
-    lowered = self._chunk.lower(self.state, *self._args)
+    lowered = self._chunk.lower(*lead, self.state, *self._args)
     self.trace_seconds = time.perf_counter() - t
     t = time.perf_counter()
     self._compiled = lowered.compile()
     self.compile_seconds = time.perf_counter() - t
 
   def __call__(self) -> None:
-    out = self._compiled(self.state, *self._args)
+    out = self._compiled(*self._lead, self.state, *self._args)
     self.state = out.state
     jax.block_until_ready(out.sums)
-    assert int(out.bad) == 0, "non-finite values in the benchmark run"
+    assert not np.any(np.asarray(out.bad)), "non-finite values in the benchmark run"
 
 
 def median_seconds(fn: Callable[[], None], repeats: int, warmup: int = 1) -> float:

@@ -24,6 +24,11 @@ Writes, into the output directory (default ``RUN_DIR/plots`` for one run,
   for recurrent networks the pooled weight angle, the error cosine per layer
   and the Jacobian symmetry); not written if no run has any of them.
 
+A replica run (``config.replicas``: several seeds or hyperparameter draws,
+one record per replica and epoch) is drawn as one curve per draw, the mean
+over its seeds, with the test error's ± s.e. band; the 8 draws with the
+lowest final test error are shown.
+
 Several runs are overlaid with one colour per run (labelled with ``--labels``,
 else each run directory's name); a single run uses one colour per layer.
 Records that are not valid JSON (a torn last line) are skipped, ``null`` or
@@ -129,6 +134,10 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     raise ValueError(f"cannot read {METRICS_FILE} ({e.strerror}), {path}") from None
   if not records:
     raise ValueError(f"no readable records in {METRICS_FILE}, {path}")
+  return _by_epoch([r for r in records if "replica" not in r] or records)
+
+
+def _by_epoch(records: list[dict]) -> list[dict]:
   by_epoch = {}  # the last record of each epoch; records without one are left out.
   for r in records:
     epoch = _number(r.get("epoch"))
@@ -137,6 +146,68 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
   if not by_epoch:  # no epoch numbers at all: the order of the file, from 1.
     return [dict(r, epoch=i + 1) for i, r in enumerate(records)]
   return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]] | None:
+  """A replica run's draws, each as ``(label, per-epoch records)``; None for a plain run.
+
+  A record of a draw holds, for every numeric metric, the mean over its seeds
+  at that epoch (diverged seeds included: their frozen state is evaluated),
+  and ``test/error_pct_se``, the standard error of the test error over the
+  seeds. The ``max_draws`` draws with the lowest final mean test error are
+  kept (the best first), so a large search stays readable.
+  """
+  records = [r for r in _raw_records(run_dir) if "replica" in r]
+  if not records:
+    return None
+  groups: dict[int, dict[float, list[dict]]] = {}
+  for r in records:
+    groups.setdefault(int(r.get("draw", 0)), {}).setdefault(_number(r.get("epoch")), {})[
+        r["replica"]] = r
+  draws = []
+  for d, epochs in groups.items():
+    rows = []
+    for epoch in sorted(e for e in epochs if math.isfinite(e)):
+      reps = list(epochs[epoch].values())
+      keys = {k for r in reps for k, v in r.items() if isinstance(v, (int, float))
+              and not isinstance(v, bool)} - {"replica", "seed", "draw", "step"}
+      row = {"epoch": epoch}
+      for k in keys:
+        vals = np.asarray([_number(r.get(k)) for r in reps])
+        row[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+      errs = np.asarray([_test_error(r) or math.nan for r in reps])
+      errs = errs[np.isfinite(errs)]
+      row["test/error_pct_se"] = (float(np.std(errs, ddof=1) / np.sqrt(errs.size))
+                                  if errs.size > 1 else math.nan)
+      rows.append(row)
+    hp = reps[0].get("hparams") or {}
+    label = f"draw {d}" + (f" ({_short(hp)})"
+                           if hp else "") + f", {len(reps)} seed(s)"
+    final = _test_error(rows[-1]) if rows else None
+    draws.append((final if final is not None and math.isfinite(final) else math.inf, label,
+                  rows))
+  draws.sort(key=lambda t: t[0])
+  return [(label, rows) for _, label, rows in draws[:max_draws]]
+
+
+def _short(hparams: dict) -> str:
+  return ", ".join(f"{k.split('.')[-1]}={v:.3g}" for k, v in hparams.items())
+
+
+def _raw_records(run_dir: str) -> list[dict]:
+  path = os.path.join(run_dir, METRICS_FILE)
+  out = []
+  if not os.path.isfile(path):
+    return out
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict):
+        out.append(record)
+  return out
 
 
 def plot_runs(run_dirs: Sequence[str], out_dir: str,
@@ -169,7 +240,15 @@ def plot_runs(run_dirs: Sequence[str], out_dir: str,
   elif len(labels) != len(run_dirs):
     raise ValueError(f"{len(labels)} labels for {len(run_dirs)} run directories, "
                      f"{','.join(labels)}")
-  runs = [(str(label), read_metrics(d)) for label, d in zip(labels, run_dirs)]
+  runs = []
+  for label, d in zip(labels, run_dirs):
+    records = read_metrics(d)  # (checks the directory)
+    draws = read_draws(d)
+    if draws is None:
+      runs.append((str(label), records))
+    else:  # a replica run: each draw's mean over seeds (± s.e. on the test error).
+      runs.extend((f"{label}: {name}" if len(run_dirs) > 1 else name, rows)
+                  for name, rows in draws)
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
@@ -308,8 +387,11 @@ def _split_figure(runs, quantities, title: str, ylabel: str, log_if_positive: bo
       drawn.add(split)
       values.append(s[1][np.isfinite(s[1])])
       style = ("--" if split == "train" else "-") if multi else "-"
-      _plot(ax, s, n_epochs, color=colors[i if multi else j], ls=style,
-            label=None if multi else split, lw=1.6)
+      color = colors[i if multi else j]
+      _plot(ax, s, n_epochs, color=color, ls=style, label=None if multi else split, lw=1.6)
+      se = _series(records, _key("test/error_pct_se")) if value is _test_error else None
+      if se is not None and len(se[0]) == len(s[0]) and np.isfinite(se[1]).any():
+        ax.fill_between(s[0], s[1] - se[1], s[1] + se[1], color=color, alpha=0.15, lw=0)
   ax.set_title(f"{title}: {runs[0][0]}" if not multi else f"{title}, {len(runs)} runs")
   ax.set_ylabel(ylabel)
   _epoch_axis(ax)

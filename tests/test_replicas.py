@@ -155,7 +155,13 @@ def _check_equal_to_single_runs(tmp_path, make, drawn, n_train=640, check=(0, 3)
       assert rows[r]["test/accuracy"] == pytest.approx(ref["test/accuracy"], abs=2 / 300)
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "kp", "dtp"])
+def test_dtp_replicas_equal_the_single_runs_with_their_seeds_and_values(tmp_path):
+  # Two passes per epoch, the rule's own optimiser and its scalar hyperparameters drawn.
+  _check_equal_to_single_runs(tmp_path, CASES["dtp"], DRAWN["dtp"], check=(3,))
+
+
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
+@pytest.mark.parametrize("rule", ["bp", "fa", "kp"])
 def test_each_replica_equals_the_single_run_with_its_seed_and_values(tmp_path, rule):
   _check_equal_to_single_runs(tmp_path, CASES[rule], DRAWN[rule])
 
@@ -201,6 +207,7 @@ def test_every_replica_diverging_stops_the_run(tmp_path):
       train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_replica_checkpoints_resume_exactly(tmp_path):
   def config(epochs):
     c = _small(CASES["fa"](), 320)
