@@ -196,19 +196,34 @@ def _softmax_cross_entropy_eval(net):
   return evaluate
 
 
-def _over_replicas(build_fn, exp: Experiment, config, in_axes: tuple):
+def _over_replicas(build_fn, exp: Experiment, config, in_axes: tuple, sequential: bool = False):
   """``fn(values, *args)``: ``build_fn(experiment)(*args)`` ``jax.vmap``-ed over replicas.
 
   Each replica's function is built from its own experiment, the rule and
   optimiser of its ``values`` (:func:`jaxbio.experiment.rebuild`); ``in_axes``
-  are those of ``args`` (0: per replica, None: shared).
+  are those of ``args`` (0: per replica, None: shared). With ``sequential``,
+  the replicas run one after another in a ``lax.map`` instead: for code whose
+  ``lax.cond`` branches ``vmap`` would turn into both branches at every step.
   """
   from jaxbio.experiment import rebuild  # pylint: disable=g-import-not-at-top
 
   def one(values, *args):
     return build_fn(rebuild(exp, config, values))(*args)
 
-  return jax.vmap(one, in_axes=(0,) + tuple(in_axes))
+  if not sequential:
+    return jax.vmap(one, in_axes=(0,) + tuple(in_axes))
+
+  def mapped(values, *args):
+    batched = [a for a, ax in zip(args, in_axes) if ax == 0]
+
+    def each(xs):
+      v, rest = xs
+      it = iter(rest)
+      return one(v, *[next(it) if ax == 0 else a for a, ax in zip(args, in_axes)])
+
+    return jax.lax.map(each, (values, batched))
+
+  return mapped
 
 
 def make_eval(exp: Experiment, config, mesh, plan=None):
@@ -290,7 +305,8 @@ def make_phase(exp: Experiment, mesh, config=None, plan=None):
   phase) runs in order, keyed by ``fold_in(key, i)``; ``state.phase_epoch`` is
   not changed here (the loop sets it once the phase is done). Returns None if
   the rule has no phases. With a replica plan (and the run's ``config``):
-  ``phase(states, key_data, first_epoch, values)``, per replica.
+  ``phase(states, key_data, first_epoch, values)``, per replica, the
+  replicas one after another (a ``lax.map``).
   """
   if not exp.rule.phases:
     return None
@@ -300,8 +316,9 @@ def make_phase(exp: Experiment, mesh, config=None, plan=None):
         state, key_data), static_argnums=(2,), donate_argnums=(0,), out_shardings=out)
 
   def phases(states, key_data, first_epoch, values):
-    return _over_replicas(lambda e: _phase_fn(e, first_epoch), exp, config, (0, 0))(
-        values, states, key_data)
+    # One replica after another: spiking phases branch (lax.cond) on events.
+    return _over_replicas(lambda e: _phase_fn(e, first_epoch), exp, config, (0, 0),
+                          sequential=True)(values, states, key_data)
 
   return jax.jit(phases, static_argnums=(2,), donate_argnums=(0,), out_shardings=out)
 

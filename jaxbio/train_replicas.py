@@ -185,7 +185,8 @@ class ReplicaRun(_Run):
       return
     t = time.time()
     keys = np.stack([np.asarray(steps.phase_key(s, epoch)) for s in self.plan.seeds])
-    self.state, metrics = self.phase_fn(self.state, self.put(keys), epoch == 0, self.values)
+    self.state, metrics = jax.block_until_ready(
+        self.phase_fn(self.state, self.put(keys), epoch == 0, self.values))
     self.state = self.state._replace(
         phase_epoch=self.put(np.full((self.plan.size,), epoch, np.int32)))
     wall = time.time() - t

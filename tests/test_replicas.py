@@ -228,3 +228,35 @@ def test_replica_checkpoints_resume_exactly(tmp_path):
   ra, rb = _records(tmp_path / "straight"), _records(tmp_path / "resumed")
   assert [r["test/loss"] for r in ra] == [r["test/loss"] for r in rb]
   assert len(ra) == 2 * plan.size
+
+
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
+def test_replicas_on_8_devices_equal_1_device(tmp_path):
+  # The batch axis stays sharded over the devices; host placement on 8, device on 1.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rows = {}
+  for devices, placement in ((1, "device"), (8, "host")):
+    code = (
+        "import sys, json; from jaxbio import train; from jaxbio.data import testing as t\n"
+        "from launch.configs import bartunov\n"
+        "c = bartunov.get_config('mnist,fc,fa'); c.model.widths = (16,)\n"
+        "c.dataset.train_split, c.dataset.test_split = 'train[:640]', 'test[:200]'\n"
+        f"c.batch_size, c.num_epochs, c.steps_per_call = 32, 1, 7; c.data_placement = '{placement}'\n"
+        "c.replicas.seeds = 2\n"
+        "c.replicas.hparams = json.dumps({'optimizer.learning_rate': [1e-3, 3e-4]})\n"
+        "with t.mock_data(640):\n"
+        f"  c.dataset.data_dir = {str(tmp_path / 'tfds')!r}\n"
+        f"  train.train_and_evaluate(c, {str(tmp_path / str(devices))!r})\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{devices} device(s)" in proc.stderr
+    rows[devices] = _records(tmp_path / str(devices))
+  assert len(rows[1]) == len(rows[8]) == 4
+  for a, b in zip(rows[1], rows[8]):
+    for key in ("train/loss", "test/loss", "align/update_angle/all"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5)
