@@ -136,6 +136,11 @@ PAPERS: dict[str, tuple[Table, ...]] = {
                   Row("RDD", "rdd", "fashion_mnist,rdd", None, _CONV),
                   Row("KP", "rdd", "fashion_mnist,kp", None, _CONV),
                   Row("Weight mirror", "rdd", "fashion_mnist,weight_mirror", None, _CONV))),
+        Table("cifar10_svhn", "Guerguiev et al. (2020), CIFAR-10 and SVHN (the paper's test "
+              "errors were not transcribed)", "test error (%)", tuple(
+                  Row(f"{rule} on {name}", "rdd", f"{d},{key}", None, _CONV)
+                  for d, name in (("cifar10", "CIFAR-10"), ("svhn", "SVHN"))
+                  for key, rule in (("bp", "BP"), ("fa", "FA"), ("rdd", "RDD")))),
     ),
 }
 # Bartunov et al.'s Table 4 space for the BP/FA search (Adam; beta1 fixed at 0.9).

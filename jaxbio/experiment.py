@@ -187,7 +187,8 @@ def make_preprocess(config, spec):
     x = images.astype(jnp.float32)
     if train and augment != "none":
       x = data.random_crop_flip(key, x, pad=config.dataset.crop_padding,
-                                crop=augment == "crop_flip", flip=True)
+                                crop=augment in ("crop_flip", "crop"),
+                                flip=augment in ("crop_flip", "flip"))
     return data.normalize(x, stats, mode)
 
   return preprocess

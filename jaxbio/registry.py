@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 NORMALIZE_MODES = ("scale", "standardize")
-AUGMENTATIONS = ("none", "crop_flip", "flip")
+AUGMENTATIONS = ("none", "crop_flip", "crop", "flip")
 CHUNK_LOOPS = ("while", "unrolled")
 PLACEMENTS = ("device", "host")
 CONFIG_VERSION = 1

@@ -157,8 +157,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       checkpoints go; relative paths are taken from the current directory.
       A run already there is resumed; a run still going there is an error.
 
+  With ``config.replicas`` asking for several seeds or hyperparameter draws
+  (:mod:`jaxbio.replicas`), they all train together in one program
+  (:mod:`jaxbio.train_replicas`).
+
   Returns:
-    The last epoch's record (train/test loss and accuracy, alignment, timing).
+    The last epoch's record (train/test loss and accuracy, alignment, timing);
+    for a replica run, ``{"epoch", "step", "replicas": [one record per
+    replica], "test/error_pct_mean", "test/error_pct_se"}``.
 
   Raises:
     ValueError: a bad config, dataset or workdir (one-line messages), or a

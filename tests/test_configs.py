@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxbio import optim, train
-from launch.configs import bartunov, hep_conv, hep_fmnist
+from launch.configs import bartunov, hep_conv, hep_fmnist, rdd
 
 ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc", "lc", "conv")
         for r in bartunov.RULES] +
@@ -18,7 +18,8 @@ ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc",
                                   "fig4_loop,0.1")] +
        [(hep_conv, f"{d},{e}") for d in ("cifar10", "cifar100")
         for e in ("table2_n0", "table2_n2", "table2_bp", "table2_bp_nohomeo", "fig4")] +
-       [(hep_conv, "imagenet32,imagenet")])
+       [(hep_conv, "imagenet32,imagenet")] +
+       [(rdd, f"{d},{r}") for d in rdd.DATASETS for r in rdd.RULES])
 
 
 @pytest.mark.parametrize("module,arg", ALL, ids=[f"{m.__name__.split('.')[-1]}:{a}" for m, a in ALL])
@@ -203,3 +204,19 @@ def test_dataset_statistics_fall_back_to_the_dataset_spec():
   x = np.asarray(train.make_preprocess(config, spec)(None, np.zeros((1, 1, 1, 3), np.uint8),
                                                      False))
   np.testing.assert_allclose(x.ravel(), -np.array(spec.mean) / np.array(spec.std), rtol=1e-6)
+
+
+def test_svhn_rdd_config_crops_without_flips():
+  from jaxbio.experiment import make_preprocess  # pylint: disable=g-import-not-at-top
+  from launch.configs import rdd as rdd_configs  # pylint: disable=g-import-not-at-top
+  c = rdd_configs.get_config("svhn,rdd")
+  assert c.dataset.name == "svhn_cropped" and c.dataset.augment == "crop"
+  assert rdd_configs.get_config("cifar10,fa").dataset.augment == "crop_flip"
+  c.dataset.crop_padding = 0  # a crop of the unpadded image is the image itself.
+  spec = train.build_experiment(c, 50_000).dataset
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), np.uint8))
+  augmented = make_preprocess(c, spec)(jax.random.key(0), x, True)
+  np.testing.assert_array_equal(augmented, make_preprocess(c, spec)(None, x, False))
+  c.dataset.augment = "crop_flip"
+  flipped = make_preprocess(c, spec)(jax.random.key(0), x, True)
+  assert not np.array_equal(flipped, augmented)

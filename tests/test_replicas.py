@@ -260,3 +260,23 @@ def test_replicas_on_8_devices_equal_1_device(tmp_path):
   for a, b in zip(rows[1], rows[8]):
     for key in ("train/loss", "test/loss", "align/update_angle/all"):
       np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5)
+
+
+def test_best_draw_is_chosen_on_validation_and_reports_its_test_error():
+  from jaxbio.train_replicas import best_draw, draws_table  # pylint: disable=g-import-not-at-top
+  # Two draws x two seeds, two epochs; draw 1 has the lower test error but the higher
+  # validation error, so validation picks draw 0 and reports its test error at the
+  # epoch of its best validation error.
+  val = {(0, 0): (3.0, 2.0), (0, 1): (3.0, 2.2), (1, 0): (2.5, 2.6), (1, 1): (2.5, 2.8)}
+  test = {(0, 0): (3.1, 2.4), (0, 1): (2.9, 2.6), (1, 0): (1.0, 1.1), (1, 1): (1.2, 1.3)}
+  records = [{"epoch": e + 1, "replica": 2 * d + s, "seed": s, "draw": d,
+              "hparams": {"optimizer.learning_rate": [1e-3, 1e-4][d]},
+              "val/error_pct": val[d, s][e], "test/error_pct": test[d, s][e]}
+             for d in (0, 1) for s in (0, 1) for e in (0, 1)]
+  best = best_draw(records, 2)
+  assert best["draw"] == 0 and best["selected_by"] == "validation"
+  assert best["select_mean"] == pytest.approx(2.1)
+  assert best["test_mean"] == pytest.approx(2.5) and best["test_se"] == pytest.approx(0.1)
+  by_test = best_draw([{k: v for k, v in r.items() if k != "val/error_pct"} for r in records], 2)
+  assert by_test["draw"] == 1 and by_test["selected_by"].startswith("test")
+  assert [d["seeds"] for d in draws_table(records)] == [2, 2]
