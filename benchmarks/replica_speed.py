@@ -36,6 +36,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median r
 def main(argv):
   del argv
   counts = [int(r) for r in _REPLICAS.value]
+  if counts[0] != 1:
+    raise app.UsageError(f"--replicas must start with 1 (the baseline), got {_REPLICAS.value}")
   print(f"devices: {jax.devices()}")
   print("| config | batch | steps/call | replicas | ms/call | steps/s per replica "
         "| cost vs 1 replica | compile s |")

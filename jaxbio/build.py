@@ -215,7 +215,7 @@ def recurrent_diagnostics(net, rule_cfg=None):
 def add_penalties(rule: rules.LearningRule, net, config) -> rules.LearningRule:
   """Composes the penalties the config asks for (Jacobian homeostasis) with ``rule``."""
   homeo = config.get("homeostasis")
-  if homeo is None or (not optim.traced(homeo.weight) and not homeo.weight):
+  if homeo is None or (rules.base.concrete(homeo.weight) and not homeo.weight):
     return rule
   family = family_of(net)
   if "homeostasis" not in family.penalties:

@@ -169,7 +169,7 @@ def replica_values(plan: replicas.ReplicaPlan, dtype=jnp.float32) -> dict[str, j
 
 
 def init_replicas(exp: Experiment, config, plan: replicas.ReplicaPlan, values) -> TrainState:
-  """The replicas' initial states, stacked: replica ``r`` as ``init_state`` with its seed and values."""
+  """The replicas' initial states, stacked (replica ``r``: ``init_state`` of its seed, values)."""
   seeds = jnp.asarray(plan.seeds, jnp.uint32)
   return jax.vmap(lambda seed, v: init_state(rebuild(exp, config, v), seed))(seeds, values)
 

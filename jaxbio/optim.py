@@ -6,6 +6,8 @@ import jax
 import ml_collections
 import optax
 
+from jaxbio.rules.base import concrete
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 
@@ -32,10 +34,10 @@ def make_optimizer(cfg, total_steps: int, where: str = "optimizer"
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown {where} {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
   lr = cfg.learning_rate
-  if not traced(lr) and not lr > 0:
+  if concrete(lr) and not lr > 0:
     raise ValueError(f"{where}.learning_rate must be > 0, got {lr}")
   wd = cfg.get("weight_decay", 0.0)
-  if not traced(wd) and wd < 0:
+  if concrete(wd) and wd < 0:
     raise ValueError(f"{where}.weight_decay must be >= 0, got {wd}")
   schedule_name = cfg.get("schedule", "constant")
   if schedule_name not in SCHEDULES:
@@ -50,16 +52,13 @@ def make_optimizer(cfg, total_steps: int, where: str = "optimizer"
   if name == "adamw":  # decoupled decay.
     return optax.adamw(schedule, weight_decay=wd, **kwargs)
   if name == "sgd":
-    tx = optax.sgd(schedule, momentum=cfg.get("momentum", 0.0) or None)
+    momentum = cfg.get("momentum", 0.0)
+    tx = optax.sgd(schedule, momentum=momentum if not concrete(momentum) or momentum else None)
   else:
     tx = optax.adam(schedule, **kwargs)
   # Coupled decay (always chained when wd is a traced, per-replica value).
-  return optax.chain(optax.add_decayed_weights(wd), tx) if traced(wd) or wd else tx
+  return optax.chain(optax.add_decayed_weights(wd), tx) if not concrete(wd) or wd else tx
 
-
-def traced(x) -> bool:
-  """Whether ``x`` is a traced value (a hyperparameter that differs between replicas)."""
-  return isinstance(x, jax.core.Tracer)
 
 
 def _per_group(cfg, total_steps, lr_mult, wd_mult):

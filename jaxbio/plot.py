@@ -154,8 +154,9 @@ def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]]
   A record of a draw holds, for every numeric metric, the mean over its seeds
   at that epoch (diverged seeds included: their frozen state is evaluated),
   and ``test/error_pct_se``, the standard error of the test error over the
-  seeds. The ``max_draws`` draws with the lowest final mean test error are
-  kept (the best first), so a large search stays readable.
+  seeds. The ``max_draws`` draws with the lowest final mean validation error
+  (test error without a validation split) are kept, the best first, so a
+  large search stays readable.
   """
   records = [r for r in _raw_records(run_dir) if "replica" in r]
   if not records:
@@ -165,8 +166,9 @@ def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]]
     groups.setdefault(int(r.get("draw", 0)), {}).setdefault(_number(r.get("epoch")), {})[
         r["replica"]] = r
   draws = []
+  use_val = any(r.get("val/error_pct") is not None for r in records)
   for d, epochs in groups.items():
-    rows = []
+    rows, reps = [], []
     for epoch in sorted(e for e in epochs if math.isfinite(e)):
       reps = list(epochs[epoch].values())
       keys = {k for r in reps for k, v in r.items() if isinstance(v, (int, float))
@@ -175,15 +177,17 @@ def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]]
       for k in keys:
         vals = np.asarray([_number(r.get(k)) for r in reps])
         row[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
-      errs = np.asarray([_test_error(r) or math.nan for r in reps])
+      errs = np.asarray([math.nan if _test_error(r) is None else _test_error(r) for r in reps])
       errs = errs[np.isfinite(errs)]
       row["test/error_pct_se"] = (float(np.std(errs, ddof=1) / np.sqrt(errs.size))
                                   if errs.size > 1 else math.nan)
       rows.append(row)
+    if not rows:
+      continue
     hp = reps[0].get("hparams") or {}
     label = f"draw {d}" + (f" ({_short(hp)})"
                            if hp else "") + f", {len(reps)} seed(s)"
-    final = _test_error(rows[-1]) if rows else None
+    final = _number(rows[-1].get("val/error_pct")) if use_val else _test_error(rows[-1])
     draws.append((final if final is not None and math.isfinite(final) else math.inf, label,
                   rows))
   draws.sort(key=lambda t: t[0])
@@ -191,7 +195,10 @@ def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]]
 
 
 def _short(hparams: dict) -> str:
-  return ", ".join(f"{k.split('.')[-1]}={v:.3g}" for k, v in hparams.items())
+  """``learning_rate=..., b2=...``: each field without its ``optimizer.`` or ``rule.`` prefix."""
+  names = {k: k.split(".", 1)[1] if k.startswith(("optimizer.", "rule.")) else k
+           for k in hparams}
+  return ", ".join(f"{names[k]}={v:.3g}" for k, v in hparams.items())
 
 
 def _raw_records(run_dir: str) -> list[dict]:

@@ -4,9 +4,9 @@
 
 * ``seeds``: how many seeds (``config.seed``, ``config.seed + 1``, ...), or
   ``seed_list``: the seeds themselves (a tuple of ints);
-* ``hparams``: a JSON object (or a dict) mapping config fields to lists of
-  values, one per draw, e.g. ``{"optimizer.learning_rate": [1e-3, 3e-4]}``;
-* ``search``: a JSON object (or a dict) giving a random-search space per
+* ``hparams``: a JSON object mapping config fields to lists of values, one
+  per draw, e.g. ``{"optimizer.learning_rate": [1e-3, 3e-4]}``;
+* ``search``: a JSON object giving a random-search space per
   field, ``{"uniform": [lo, hi]}``, ``{"log_uniform": [lo, hi]}`` or
   ``{"choice": [v1, v2, ...]}``, with ``draws`` values drawn per field by
   ``search_seed`` (the same draws on every machine: NumPy's PCG64).
@@ -149,6 +149,9 @@ def plan(config) -> ReplicaPlan | None:
     return None
   seed_list = tuple(rc.get("seed_list", ()) or ())
   n_seeds = rc.get("seeds", 1)
+  if seed_list and n_seeds != 1:
+    raise ValueError(f"replicas.seeds ({n_seeds!r}) and replicas.seed_list ({seed_list!r}) are "
+                     "both set; set one")
   if seed_list:
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seed_list):
       raise ValueError(f"replicas.seed_list must be non-negative integers, got {seed_list!r}")
@@ -160,7 +163,10 @@ def plan(config) -> ReplicaPlan | None:
   grid = _mapping(rc.get("hparams", ""), "replicas.hparams")
   space = _mapping(rc.get("search", ""), "replicas.search")
   draws = rc.get("draws", 0)
-  if not (isinstance(draws, int) and draws >= 0):
+  search_seed = rc.get("search_seed", 0)
+  if isinstance(search_seed, bool) or not (isinstance(search_seed, int) and search_seed >= 0):
+    raise ValueError(f"replicas.search_seed must be an integer >= 0, got {search_seed!r}")
+  if isinstance(draws, bool) or not (isinstance(draws, int) and draws >= 0):
     raise ValueError(f"replicas.draws must be an integer >= 0, got {draws!r}")
   if space and not draws:
     raise ValueError("replicas.search needs replicas.draws > 0 (how many draws)")
@@ -181,7 +187,12 @@ def plan(config) -> ReplicaPlan | None:
   if both:
     raise ValueError(f"replicas: {sorted(both)[0]!r} is in both hparams and search")
   num_draws = lengths.pop() if lengths else 1
-  values.update(_draw(space, draws, rc.get("search_seed", 0), config) if space else {})
+  values.update(_draw(space, draws, search_seed, config) if space else {})
+  weight = values.get("homeostasis.weight")
+  if weight is not None and (weight == 0).any() and (weight != 0).any():
+    raise ValueError("replicas: homeostasis.weight mixes 0 (no penalty) with nonzero values; a "
+                     "replica with weight 0 would still compute the penalty: run the weight-0 "
+                     "draws as a separate run")
   if len(seeds) == 1 and num_draws == 1 and not values:
     return None
   r = np.arange(num_draws * len(seeds))

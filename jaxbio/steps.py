@@ -305,20 +305,32 @@ def make_phase(exp: Experiment, mesh, config=None, plan=None):
   phase) runs in order, keyed by ``fold_in(key, i)``; ``state.phase_epoch`` is
   not changed here (the loop sets it once the phase is done). Returns None if
   the rule has no phases. With a replica plan (and the run's ``config``):
-  ``phase(states, key_data, first_epoch, values)``, per replica, the
-  replicas one after another (a ``lax.map``).
+  ``phase(states, key_data, first_epoch, values, alive)``, per replica, the
+  replicas one after another (a ``lax.map``), skipping those not ``alive``.
   """
   if not exp.rule.phases:
     return None
+  if plan is not None and config is None:
+    raise ValueError("make_phase needs the run's config with a replica plan")
   out = NamedSharding(mesh, P())
   if plan is None:
     return jax.jit(lambda state, key_data, first_epoch: _phase_fn(exp, first_epoch)(
         state, key_data), static_argnums=(2,), donate_argnums=(0,), out_shardings=out)
 
-  def phases(states, key_data, first_epoch, values):
+  def phases(states, key_data, first_epoch, values, alive):
+    def build(e):
+      run = _phase_fn(e, first_epoch)
+
+      def if_alive(state, key, ok):  # a diverged replica's state is left as it is.
+        shapes = jax.eval_shape(run, state, key)[1]
+        skip = lambda: (state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+        return jax.lax.cond(ok, lambda: run(state, key), skip)
+
+      return if_alive
+
     # One replica after another: spiking phases branch (lax.cond) on events.
-    return _over_replicas(lambda e: _phase_fn(e, first_epoch), exp, config, (0, 0),
-                          sequential=True)(values, states, key_data)
+    return _over_replicas(build, exp, config, (0, 0, 0), sequential=True)(
+        values, states, key_data, alive)
 
   return jax.jit(phases, static_argnums=(2,), donate_argnums=(0,), out_shardings=out)
 

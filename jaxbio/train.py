@@ -88,13 +88,16 @@ class _Writers:
       except ImportError:  # TensorBoard logging is optional.
         logging.warning("tensorboardX is not installed; no TensorBoard event files")
 
-  def write(self, step: int, record: dict[str, float]) -> None:
-    """Appends an epoch record to metrics.jsonl and logs its scalars to TensorBoard."""
+  def write(self, step: int, record: dict[str, float], tb_prefix: str = "") -> None:
+    """Appends an epoch record to metrics.jsonl and logs its scalars to TensorBoard.
+
+    ``tb_prefix`` goes before every TensorBoard tag (a replica's ``replica3/``).
+    """
     if not self.enabled:
       return
     self._jsonl.write(json.dumps({"step": step, **_json_safe(record)}, allow_nan=False) + "\n")
     self._jsonl.flush()
-    self.scalars(step, record)
+    self.scalars(step, {f"{tb_prefix}{k}": v for k, v in record.items()})
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     """Logs scalars to TensorBoard only (the every-``log_every``-steps values)."""
@@ -177,6 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   shown, workdir = workdir, workdirs.resolve(workdir)
   # Every config error surfaces before data are looked for or anything is written.
   build_experiment(config, num_train=config.batch_size)
+  check_replicas(config, num_train=config.batch_size)
   workdirs.check(workdir, shown)
   data_dir = config.dataset.get("data_dir") or None
   if data_dir:
@@ -190,7 +194,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                len(test_ds.labels), f", validation {val_split} ({len(val_ds.labels)})"
                if val_ds else "", time.time() - t_begin)
   exp = build_experiment(config, len(train_ds.labels))
-  plan = check_replicas(config, len(train_ds.labels))
+  plan = replicas.plan(config)  # (checked above)
   devices = jax.devices()
   if config.batch_size % len(devices):
     raise ValueError(f"config.batch_size {config.batch_size} is not divisible by the "
@@ -504,17 +508,7 @@ class _Run:
                  record["test/accuracy"],
                  "" if angle is None else f" | update angle to {exp.references[0].name} "
                  f"{angle:.1f} deg")
-    unsettled = record.get("train/unsettled_frac", 0.0)
-    if unsettled > 0:
-      logging.warning("epoch %d: %.1f%% of training examples did not settle in the free "
-                      "phase (residual above the rule's threshold); consider a longer t_free",
-                      record["epoch"], 100 * unsettled)
-    imag = record.get("train/max_abs_imag_u")
-    if imag is not None and imag > jaxbio.recurrent.IMAG_BOUND:
-      logging.warning("epoch %d: complex nudged phases reached max |Im u| = %.2f (epoch mean of "
-                      "the per-step maxima), past pi/4: outside sigma's analytic region the "
-                      "O(|beta|^N) bias bound fails; consider a smaller |beta|",
-                      record["epoch"], imag)
+    warn_recurrent(record)
     self.writers.write(self.step, record)
     self.record = record
 
@@ -540,6 +534,21 @@ class _Run:
     self.save(force=True)
     self.ckpt.wait()
     raise Interrupted(signum, self.step, os.path.join(self.shown, "checkpoints"))
+
+
+def warn_recurrent(record: dict, who: str = "") -> None:
+  """Warnings on an epoch record of a recurrent rule: unsettled free phases, large |Im u|."""
+  unsettled = record.get("train/unsettled_frac") or 0.0
+  if unsettled > 0:
+    logging.warning("epoch %d%s: %.1f%% of training examples did not settle in the free "
+                    "phase (residual above the rule's threshold); consider a longer t_free",
+                    record["epoch"], who, 100 * unsettled)
+  imag = record.get("train/max_abs_imag_u")
+  if imag is not None and imag > jaxbio.recurrent.IMAG_BOUND:
+    logging.warning("epoch %d%s: complex nudged phases reached max |Im u| = %.2f (epoch mean of "
+                    "the per-step maxima), past pi/4: outside sigma's analytic region the "
+                    "O(|beta|^N) bias bound fails; consider a smaller |beta|",
+                    record["epoch"], who, imag)
 
 
 def _summary(config, metrics_path: str, shown: str, steps_run: int, train_s: float,
@@ -581,8 +590,9 @@ def _check_resumable(saved: dict, current: dict, workdir: str) -> None:
     a, b = saved, current
     for k in path:
       a, b = (a or {}).get(k), (b or {}).get(k)
-    if path == ("replicas",) and a is None:  # saved before replicas existed: one replica.
-      a = json.loads(replicas.default_config().to_json())
+    if path == ("replicas",):  # saved before replicas existed, or a config without them.
+      one = json.loads(replicas.default_config().to_json())
+      a, b = a or one, b or one
     if a != b:
       name = ".".join(path)
       raise ValueError(f"workdir {workdir} holds a run with {name}={a!r}; this config has "

@@ -31,10 +31,10 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxbio import data, replicas, steps
-from jaxbio.experiment import init_replicas, replica_values
+from jaxbio.experiment import init_replicas
 from jaxbio.log import logger as logging
 from jaxbio.steps import Bad, make_eval, make_train_chunk
-from jaxbio.train import NonFiniteError, _Run, _fmt_time, _read_records
+from jaxbio.train import NonFiniteError, _Run, _fmt_time, _read_records, warn_recurrent
 
 # Errors JAX raises when traced code uses a value to decide what to compute.
 _TRACER_ERRORS = (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,
@@ -55,6 +55,18 @@ class ReplicaRun(_Run):
     if not isinstance(self.loop_state["phase"], list):
       self.loop_state["phase"] = [{} for _ in range(plan.size)]
     self.replica_steps = np.asarray(self.state.step)
+    # A resumed run: the last epoch's records, if all of them were written.
+    last = [rec for rec in _read_records(self.metrics_path) if rec.get("step") == self.step
+            and "replica" in rec]
+    by_replica = {rec["replica"]: rec for rec in last}
+    self.record = {} if len(by_replica) < plan.size else self._summary_record(
+        [by_replica[i] for i in range(plan.size)])
+
+  def _summary_record(self, records: list[dict]) -> dict:
+    errors = [rec["test/error_pct"] for rec, ok in zip(records, self.alive()) if ok]
+    mean, se = replicas.mean_se(errors)
+    return {"epoch": records[0]["epoch"], "step": self.step, "replicas": records,
+            "test/error_pct_mean": mean, "test/error_pct_se": se}
 
   def describe(self) -> str:
     return f", {self.plan.describe()}"
@@ -77,6 +89,19 @@ class ReplicaRun(_Run):
     self.eval_fn = make_eval(exp, config, mesh, plan)
     self.periodic_fn = steps.make_periodic(exp, config, mesh, plan)
     self.phase_fn = steps.make_phase(exp, mesh, config, plan)
+    # Traced now (not compiled), so a drawn field they cannot take fails before training.
+    shape = lambda *s, dtype: jax.ShapeDtypeStruct(s, dtype)
+    r, bs, spec = plan.size, config.batch_size, exp.dataset
+    s = self.state
+    _guarded(plan, lambda: jax.eval_shape(self.eval_fn, self.values, s.params, s.net_state,
+                                          s.rule_state, self.test_images, self.test_labels))
+    _guarded(plan, lambda: jax.eval_shape(
+        self.periodic_fn, self.values, s, shape(r, bs, *spec.image_shape, dtype=np.uint8),
+        shape(r, bs, dtype=np.int32), shape(r, 2, dtype=np.uint32)))
+    if self.phase_fn is not None:
+      _guarded(plan, lambda: jax.eval_shape(
+          lambda s, k, v, a: self.phase_fn(s, k, True, v, a), s, shape(r, 2, dtype=np.uint32),
+          self.values, shape(r, dtype=bool)))
 
   def run_step(self) -> int:
     # Diverged replicas stop counting; the run's step is the others'.
@@ -172,9 +197,10 @@ class ReplicaRun(_Run):
                       "%s, the other replicas go on", r, _values_text(self.plan, r), what, step,
                       "" if code != Bad.STATE else " (non-finite: none was left)")
     if not self.alive().any():
+      self.step = self.run_step()  # the latest good step of any replica.
       self.save(force=True)
       raise NonFiniteError(f"every replica diverged (the last at step {int(np.max(at))}); "
-                           "their last good states are kept")
+                           f"their last good states are saved, labelled step {self.step}")
 
   def maybe_run_phase(self) -> None:
     exp = self.exp
@@ -185,14 +211,16 @@ class ReplicaRun(_Run):
       return
     t = time.time()
     keys = np.stack([np.asarray(steps.phase_key(s, epoch)) for s in self.plan.seeds])
+    alive = self.alive()
     self.state, metrics = jax.block_until_ready(
-        self.phase_fn(self.state, self.put(keys), epoch == 0, self.values))
+        self.phase_fn(self.state, self.put(keys), epoch == 0, self.values, self.put(alive)))
     self.state = self.state._replace(
         phase_epoch=self.put(np.full((self.plan.size,), epoch, np.int32)))
     wall = time.time() - t
+    metrics = {k: np.asarray(v) for k, v in metrics.items()}
     self.loop_state["phase"] = [
-        {**{f"phase/{k}": float(np.asarray(v)[r]) for k, v in metrics.items()},
-         "phase/wall_s": wall} for r in range(self.plan.size)]
+        {**{f"phase/{k}": float(v[r]) for k, v in metrics.items()}, "phase/wall_s": wall}
+        if alive[r] else old for r, old in enumerate(self.loop_state["phase"])]
     logging.info("epoch %d: %s phase of %d replicas done in %.1f s", epoch + 1,
                  "+".join(ph.name for ph in exp.rule.phases), self.plan.size, wall)
     self.save(force=True)
@@ -230,7 +258,8 @@ class ReplicaRun(_Run):
     for r in range(plan.size):
       record = {"epoch": epoch, "replica": r, "seed": plan.seeds[r], "draw": plan.draw[r],
                 "hparams": plan.values(r),
-                **{k: v[r] / max(counts[k.split("/", 1)[0]][r], 1) for k, v in sums.items()},
+                **{k: (v[r] / counts[k.split("/", 1)[0]][r]
+                       if counts[k.split("/", 1)[0]][r] else None) for k, v in sums.items()},
                 "test/loss": float(test_loss[r]), "test/accuracy": float(test_acc[r]),
                 "test/error_pct": 100.0 * (1 - float(test_acc[r]))}
       if val is not None:
@@ -242,23 +271,24 @@ class ReplicaRun(_Run):
         record["diverged_step"] = lp["diverged"][str(r)]["step"]
       record.update(common)
       records.append(record)
-    for record in records:
-      self.writers.write(self.step, record)
+    for r, record in enumerate(records):
+      self.writers.write(self.step, record, tb_prefix=f"replica{r}/")
+      if str(r) not in lp["diverged"]:
+        warn_recurrent(record, f", replica {r}")
+    self.record = self._summary_record(records)
     errors = [rec["test/error_pct"] for rec, ok in zip(records, self.alive()) if ok]
-    mean, se = replicas.mean_se(errors)
+    mean, se = self.record["test/error_pct_mean"], self.record["test/error_pct_se"]
     logging.info("epoch %d: test error %.2f ± %.2f %% (mean ± s.e. over %d training "
                  "replicas; min %.2f %%)%s", epoch, mean, se, len(errors),
                  min(errors) if errors else math.nan,
                  f", {len(lp['diverged'])} diverged" if lp["diverged"] else "")
-    self.record = {"epoch": epoch, "step": self.step, "replicas": records,
-                   "test/error_pct_mean": mean, "test/error_pct_se": se}
 
   def summary(self, train_s: float, wall_s: float, latest: int | None) -> None:
     steps_run = self.step - self.steps_at_start
     lines = [f"done: {self.config.rule.name} on {self.config.dataset.name}, "
              f"{self.plan.describe()}, {steps_run} steps each in {_fmt_time(wall_s)} "
              f"({steps_run / max(train_s, 1e-9):.1f} steps/s per replica in training)"]
-    report = summarize(_read_records(self.metrics_path), self.plan.num_seeds)
+    report = summarize(_read_records(self.metrics_path))
     lines.extend(report)
     plots = []
     try:
@@ -270,7 +300,8 @@ class ReplicaRun(_Run):
     lines.append(f"metrics (one record per replica and epoch): "
                  f"{os.path.join(self.shown, 'metrics.jsonl')}")
     if plots:
-      lines.append(f"plots: {', '.join(os.path.join(self.shown, 'plots', os.path.basename(p)) for p in plots)}")
+      names = (os.path.join(self.shown, "plots", os.path.basename(p)) for p in plots)
+      lines.append(f"plots: {', '.join(names)}")
     lines.append(f"checkpoints (every replica): {os.path.join(self.shown, 'checkpoints')}"
                  + (f" (latest: step {latest})" if latest is not None else ""))
     for line in lines:
@@ -293,29 +324,37 @@ def _guarded(plan: replicas.ReplicaPlan, fn):
                      "run those values as separate runs") from None
 
 
-def best_draw(records: list[dict], num_seeds: int) -> dict | None:
-  """The draw with the lowest mean (over seeds) best validation error, else best test error.
+def _rank(d: dict) -> tuple:
+  """Sort key of draws: those with no diverged seed first, then by mean selection error."""
+  return (d["diverged"] > 0, not math.isfinite(d["select_mean"]), d["select_mean"])
+
+
+def best_draw(records: list[dict]) -> dict | None:
+  """The best draw: lowest mean (over seeds) best validation error, else best test error.
+
+  Draws with a diverged seed rank after every draw without one (a draw that
+  diverges is not a good choice, whatever its error before).
 
   Args:
-    records: the per-replica records of a replica run's ``metrics.jsonl``.
-    num_seeds: seeds per draw.
+    records: the records of a run's ``metrics.jsonl`` (a replica run's, or a
+      plain run's: one draw, one seed).
 
   Returns:
     ``{"draw", "hparams", "selected_by", "select_mean", "test_mean", "test_se",
-    "final_mean", "final_se", "epochs", "seeds"}`` (errors in %; ``test_*``:
-    each seed's test error at its epoch of best selection error; ``final_*``:
-    at the last epoch), or None if there are no records.
+    "final_mean", "final_se", "epochs", "seeds", "diverged"}`` (errors in %;
+    ``test_*``: each seed's test error at its epoch of best selection error;
+    ``final_*``: at the last epoch), or None if no epoch has ended.
   """
   per_draw = draws_table(records)
-  if not per_draw:
-    return None
-  key = "select_mean"
-  return min(per_draw, key=lambda d: (not math.isfinite(d[key]), d[key]))
+  return min(per_draw, key=_rank) if per_draw else None
 
 
 def draws_table(records: list[dict]) -> list[dict]:
   """One row per draw: its hyperparameters and mean ± s.e. over seeds (see :func:`best_draw`)."""
   replica_records = [r for r in records if "replica" in r]
+  if not replica_records:  # a plain run: one replica.
+    replica_records = [dict(r, replica=0, draw=0) for r in records
+                       if r.get("test/error_pct") is not None]
   if not replica_records:
     return []
   by_replica: dict[int, dict[int, dict]] = {}
@@ -324,7 +363,7 @@ def draws_table(records: list[dict]) -> list[dict]:
   use_val = any(r.get("val/error_pct") is not None for r in replica_records)
   select = "val/error_pct" if use_val else "test/error_pct"
   rows: dict[int, dict] = {}
-  for rep, epochs in sorted(by_replica.items()):
+  for _, epochs in sorted(by_replica.items()):
     recs = [epochs[e] for e in sorted(epochs)]
     good = [x for x in recs if x.get(select) is not None and math.isfinite(x[select])]
     best = min(good, key=lambda x: x[select]) if good else None
@@ -338,7 +377,8 @@ def draws_table(records: list[dict]) -> list[dict]:
     row["diverged"] += int("diverged_step" in recs[-1])
     row["sel"].append(best[select] if best else math.nan)
     row["test"].append(best["test/error_pct"] if best else math.nan)
-    row["final"].append(recs[-1].get("test/error_pct") or math.nan)
+    final = recs[-1].get("test/error_pct")
+    row["final"].append(math.nan if final is None else final)
   out = []
   for d in sorted(rows):
     row = rows[d]
@@ -349,14 +389,13 @@ def draws_table(records: list[dict]) -> list[dict]:
   return out
 
 
-def summarize(records: list[dict], num_seeds: int) -> list[str]:
+def summarize(records: list[dict]) -> list[str]:
   """Summary lines of a replica run: each draw's errors over seeds, and the best draw."""
   table = draws_table(records)
   if not table:
     return ["no epoch has ended yet"]
   lines = []
-  shown = sorted(table, key=lambda d: (not math.isfinite(d["select_mean"]),
-                                       d["select_mean"]))[:10]
+  shown = sorted(table, key=_rank)[:10]
   for d in shown:
     hp = ", ".join(f"{k}={v:.4g}" for k, v in d["hparams"].items()) or "the config's values"
     diverged = f", {d['diverged']} diverged" if d["diverged"] else ""
@@ -366,9 +405,9 @@ def summarize(records: list[dict], num_seeds: int) -> list[str]:
                  f"seed(s){diverged})")
   if len(table) > len(shown):
     lines.append(f"... and {len(table) - len(shown)} more draws (metrics.jsonl has them all)")
-  best = best_draw(records, num_seeds)
+  best = best_draw(records)
   if len(table) > 1:
+    diverged = f" ({best['diverged']} seed(s) diverged)" if best["diverged"] else ""
     lines.append(f"best draw by {best['selected_by']}: draw {best['draw']}, test error "
-                 f"{best['test_mean']:.2f} ± {best['test_se']:.2f} %")
+                 f"{best['test_mean']:.2f} ± {best['test_se']:.2f} %{diverged}")
   return lines
-

@@ -1,4 +1,4 @@
-"""Replicas (seeds and hyperparameter draws) trained together: plans, equality, divergence, resume."""
+"""Replicas (seeds, hyperparameter draws) trained together: plans, equality, divergence, resume."""
 
 import json
 import os
@@ -243,7 +243,8 @@ def test_replicas_on_8_devices_equal_1_device(tmp_path):
         "from launch.configs import bartunov\n"
         "c = bartunov.get_config('mnist,fc,fa'); c.model.widths = (16,)\n"
         "c.dataset.train_split, c.dataset.test_split = 'train[:640]', 'test[:200]'\n"
-        f"c.batch_size, c.num_epochs, c.steps_per_call = 32, 1, 7; c.data_placement = '{placement}'\n"
+        "c.batch_size, c.num_epochs, c.steps_per_call = 32, 1, 7\n"
+        f"c.data_placement = '{placement}'\n"
         "c.replicas.seeds = 2\n"
         "c.replicas.hparams = json.dumps({'optimizer.learning_rate': [1e-3, 3e-4]})\n"
         "with t.mock_data(640):\n"
@@ -273,10 +274,11 @@ def test_best_draw_is_chosen_on_validation_and_reports_its_test_error():
               "hparams": {"optimizer.learning_rate": [1e-3, 1e-4][d]},
               "val/error_pct": val[d, s][e], "test/error_pct": test[d, s][e]}
              for d in (0, 1) for s in (0, 1) for e in (0, 1)]
-  best = best_draw(records, 2)
+  best = best_draw(records)
   assert best["draw"] == 0 and best["selected_by"] == "validation"
   assert best["select_mean"] == pytest.approx(2.1)
   assert best["test_mean"] == pytest.approx(2.5) and best["test_se"] == pytest.approx(0.1)
-  by_test = best_draw([{k: v for k, v in r.items() if k != "val/error_pct"} for r in records], 2)
+  no_val = [{k: v for k, v in r.items() if k != "val/error_pct"} for r in records]
+  by_test = best_draw(no_val)
   assert by_test["draw"] == 1 and by_test["selected_by"].startswith("test")
   assert [d["seeds"] for d in draws_table(records)] == [2, 2]

@@ -126,13 +126,18 @@ def check_network(net, rule_name: str = "burstccn") -> None:
                        f"pooling or batch norm); layer {i} has post-operations {block.post}")
 
 
+def _active(coefficient) -> bool:
+  """Whether a term scaled by ``coefficient`` is computed: if nonzero, or traced (per replica)."""
+  return not concrete(coefficient) or bool(coefficient)
+
+
 def apical_nonlinearity(name: str, p_baseline: float):
   """``f(u, e) -> p`` for a hidden layer (see the module docstring)."""
   _choice("apical nonlinearity", name, APICAL)
   if concrete(p_baseline) and not 0 < p_baseline < 1:
     raise ValueError(f"burstccn p_baseline must be in (0, 1), got {p_baseline}")
   if name == "code":
-    if p_baseline != 0.5:
+    if concrete(p_baseline) and p_baseline != 0.5:
       raise ValueError(f"burstccn p_baseline {p_baseline} needs a generalised apical "
                        f"nonlinearity: the default σ(4u(1-e)) rests at 0.5, so hidden layers "
                        f"would learn at rest; valid choices: apical='paper' or 'journal' (or "
@@ -140,7 +145,7 @@ def apical_nonlinearity(name: str, p_baseline: float):
     return lambda u, e: jax.nn.sigmoid(4.0 * u * (1.0 - e))
   if name == "paper":
     alpha = 1.0 / (p_baseline * (1.0 - p_baseline))
-    beta = math.log(p_baseline / (1.0 - p_baseline))
+    beta = (math.log if concrete(p_baseline) else jnp.log)(p_baseline / (1.0 - p_baseline))
     return lambda u, e: jax.nn.sigmoid(alpha * u * (1.0 - e) + beta)
   return lambda u, e: 2.0 * p_baseline * jax.nn.sigmoid((2.0 / p_baseline) * u * (1.0 - e))
 
@@ -362,18 +367,18 @@ def burstccn(net: Network, *, p_baseline: float = 0.5, apical: str = "code",
     if not train_weights:
       grads = jax.tree.map(jnp.zeros_like, grads)
     y, q = rule_state
-    if q_lr or y_lr:
+    if _active(q_lr) or _active(y_lr):
       corr = feedback_correlation(net, act, q)
-      if q_lr:
+      if _active(q_lr):
         q = tuple(qq + q_lr * c for qq, c in zip(q, corr))
-      if y_lr:
+      if _active(y_lr):
         y = tuple(yy - y_lr * c for yy, c in zip(y, corr))
     metrics = _metrics(act.e[-1], batch["label"])
     return RuleOutput(grads, BurstState(y, q), net_state, metrics)
 
   def after_step(rule_state, params, new_params, updates, key):
     del updates, key
-    if weight_decay:
+    if _active(weight_decay):
       new_params = jax.tree.map(lambda n, p: n - weight_decay * p, new_params, params)
     y, q = rule_state
     if y_mode == "tied":
@@ -580,7 +585,7 @@ def burstprop(net: Network, *, p_baseline: float = 0.2, y_mode: str = "random",
     y = rule_state.y
     if learn_feedback:
       y = tuple((1 - weight_decay) * yy + updates[l + 1]["kernel"] for l, yy in zip(hidden, y))
-    if weight_decay:
+    if _active(weight_decay):
       new_params = tuple(dict(n, kernel=n["kernel"] - weight_decay * p["kernel"])
                          for n, p in zip(new_params, params))
     if y_mode == "tied":
