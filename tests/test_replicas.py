@@ -75,6 +75,8 @@ def test_random_search_draws_are_reproducible_and_inside_the_space():
     (dict(search={"optimizer.learning_rate": {"normal": [0, 1]}}, draws=2), "must be one of"),
     (dict(search={"optimizer.learning_rate": {"uniform": [0, 1]}}), "replicas.draws > 0"),
     (dict(seeds=0), "replicas.seeds must be a positive integer"),
+    (dict(seeds=2, seed_list=(1, 2)), "both set"),
+    (dict(hparams={"homeostasis.weight": [0.0, 1.0]}), "mixes 0"),
     (dict(hparams="{oops"), "JSON object"),
 ])
 def test_bad_replica_fields_are_one_line_errors(fields, message):
