@@ -11,13 +11,17 @@ beta = 0.05), all in one run, so the cost ratios share the machine's load.
     python -m benchmarks.replica_speed --replicas=1,5,20 --configs=bp,fa,hep
 
 "cost" is the time of one call with R replicas over the time with one: R
-replicas trained one after another would cost R.
+replicas trained one after another would cost R. A second table times a
+chain of 20 dependent matmuls of the nets' shapes, single and batched over
+R (``jnp.einsum`` with a replica axis), to show what the backend's batched
+matmul gives by itself.
 """
 
 from __future__ import annotations
 
 from absl import app, flags
 import jax
+import jax.numpy as jnp
 
 from benchmarks import common
 from launch.configs import bartunov, hep_fmnist
@@ -31,6 +35,21 @@ CONFIGS = {
 _REPLICAS = flags.DEFINE_list("replicas", ["1", "5", "20"], "Replica counts to time.")
 _CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), f"Configs: {', '.join(CONFIGS)}.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported).")
+
+
+def batched_matmul_ms(r: int, m: int, k: int, n: int, chain: int = 20) -> float:
+  """Milliseconds of ``chain`` dependent (r, m, k) x (r, k, n) products (r = 1: plain)."""
+  x = jax.random.normal(jax.random.key(0), (r, m, k))
+  w = jax.random.normal(jax.random.key(1), (r, k, n)) / k ** 0.5
+
+  @jax.jit
+  def run(x, w):
+    def body(c, _):
+      y = jnp.tanh(jnp.einsum("rmk,rkn->rmn", c, w))
+      return (y[..., :k] if n >= k else jnp.pad(y, ((0, 0), (0, 0), (0, k - n)))), None
+    return jax.lax.scan(body, x, None, length=chain)[0]
+
+  return 1e3 * common.median_seconds(lambda: run(x, w).block_until_ready(), 7)
 
 
 def main(argv):
@@ -55,6 +74,14 @@ def main(argv):
       base = t if base is None else base
       print(f"| {label} | {config.batch_size} | {steps} | {r} | {1e3 * t:.1f} | "
             f"{steps / t:.1f} | {t / base:.2f} | {runner.compile_seconds:.1f} |", flush=True)
+  print("\n| matmul chain (20 products) | replicas | ms | cost vs 1 replica |")
+  print("|---|---|---|---|")
+  for m, k, n in ((128, 784, 256), (128, 256, 256), (50, 256, 256)):
+    base = None
+    for r in counts:
+      ms = batched_matmul_ms(r, m, k, n)
+      base = ms if base is None else base
+      print(f"| ({m}, {k}) x ({k}, {n}) | {r} | {ms:.2f} | {ms / base:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

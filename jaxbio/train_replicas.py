@@ -324,6 +324,10 @@ def _guarded(plan: replicas.ReplicaPlan, fn):
                      "run those values as separate runs") from None
 
 
+def _pm(mean: float, se: float, n: int) -> str:
+  return f"{mean:.2f} ± {se:.2f}" if n > 1 else f"{mean:.2f}"
+
+
 def _rank(d: dict) -> tuple:
   """Sort key of draws: those with no diverged seed first, then by mean selection error."""
   return (d["diverged"] > 0, not math.isfinite(d["select_mean"]), d["select_mean"])
@@ -399,15 +403,15 @@ def summarize(records: list[dict]) -> list[str]:
   for d in shown:
     hp = ", ".join(f"{k}={v:.4g}" for k, v in d["hparams"].items()) or "the config's values"
     diverged = f", {d['diverged']} diverged" if d["diverged"] else ""
-    lines.append(f"draw {d['draw']} ({hp}): test error final {d['final_mean']:.2f} ± "
-                 f"{d['final_se']:.2f} %, at the best {d['selected_by'].split()[0]} epoch "
-                 f"{d['test_mean']:.2f} ± {d['test_se']:.2f} % (mean ± s.e. over {d['seeds']} "
-                 f"seed(s){diverged})")
+    over = f"mean ± s.e. over {d['seeds']} seeds" if d["seeds"] > 1 else "1 seed"
+    final, at_best = (_pm(d[f"{k}_mean"], d[f"{k}_se"], d["seeds"]) for k in ("final", "test"))
+    lines.append(f"draw {d['draw']} ({hp}): test error final {final} %, at the best "
+                 f"{d['selected_by'].split()[0]} epoch {at_best} % ({over}{diverged})")
   if len(table) > len(shown):
     lines.append(f"... and {len(table) - len(shown)} more draws (metrics.jsonl has them all)")
   best = best_draw(records)
   if len(table) > 1:
     diverged = f" ({best['diverged']} seed(s) diverged)" if best["diverged"] else ""
     lines.append(f"best draw by {best['selected_by']}: draw {best['draw']}, test error "
-                 f"{best['test_mean']:.2f} ± {best['test_se']:.2f} %{diverged}")
+                 f"{_pm(best['test_mean'], best['test_se'], best['seeds'])} %{diverged}")
   return lines
