@@ -185,8 +185,9 @@ def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]]
     if not rows:
       continue
     hp = reps[0].get("hparams") or {}
-    label = f"draw {d}" + (f" ({_short(hp)})"
-                           if hp else "") + f", {len(reps)} seed(s)"
+    parts = ", ".join(s for s in (_short(hp), f"{len(reps)} seeds" if len(reps) > 1 else "")
+                      if s)
+    label = (f"draw {d}: {parts}" if parts else f"draw {d}") if len(groups) > 1 else parts
     final = _number(rows[-1].get("val/error_pct")) if use_val else _test_error(rows[-1])
     draws.append((final if final is not None and math.isfinite(final) else math.inf, label,
                   rows))
@@ -254,8 +255,8 @@ def plot_runs(run_dirs: Sequence[str], out_dir: str,
     if draws is None:
       runs.append((str(label), records))
     else:  # a replica run: each draw's mean over seeds (± s.e. on the test error).
-      runs.extend((f"{label}: {name}" if len(run_dirs) > 1 else name, rows)
-                  for name, rows in draws)
+      runs.extend(((f"{label}, {name}" if name else str(label)) if len(run_dirs) > 1
+                   else (name or str(label)), rows) for name, rows in draws)
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
@@ -371,7 +372,8 @@ def _run_legend(fig: Figure, runs) -> None:
   colors = _colors(len(runs))
   handles = [Line2D([], [], color=c, lw=2) for c in colors]
   fig.legend(handles, [label for label, _ in runs], loc="outside lower center",
-             ncols=min(len(runs), 5), title="run", frameon=False)
+             ncols=min(len(runs), 5 if max(len(label) for label, _ in runs) < 24 else 2),
+             title="run", frameon=False)
 
 
 def _title(fig: Figure, runs) -> None:
