@@ -114,7 +114,7 @@ PAPERS: dict[str, tuple[Table, ...]] = {
     ),
     "hep": (
         Table("fmnist", "Laborieux & Zenke (2024), Fashion-MNIST MLP (784-256-256-10 + readout)",
-              "test error (%)", (
+              "test error (%); the paper's figures could not be read, so none is quoted", (
                   Row("hEP N=2 beta=0.05, angle 0", "hep_fmnist", "table1,2,0.05"),
                   Row("hEP N=4 beta=0.5, angle 0", "hep_fmnist", "table1,4,0.5"),
                   Row("hEP N=0, angle 90, no homeostasis", "hep_fmnist", "fig4_reciprocal,0"),
