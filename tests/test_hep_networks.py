@@ -131,6 +131,7 @@ def test_float16_free_phase_is_cast_back():
     np.testing.assert_allclose(u16[k], u32[k], atol=2e-2)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_small_cnn_runs_and_is_symmetric_at_angle_zero():
   def setup(alpha):
     net = rec.make_network("hep_cnn", (32, 32, 3), 10, channels=(4, 4, 4, 4), t_free=4,

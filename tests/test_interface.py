@@ -327,6 +327,7 @@ def test_epoch_phases_run_once_per_epoch_keyed_by_seed_and_epoch(tmp_path, every
   assert float(_final(config, tmp_path / "c")[0].rule_state.draws[0]) != float(draws[0])
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_a_finished_phase_is_not_rerun_after_a_resume(tmp_path, monkeypatch):
   config = _config("test_phased", epochs=2)
   # Preempted right after epoch 2's phase (step 8): its checkpoint holds the phase.

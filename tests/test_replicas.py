@@ -200,6 +200,7 @@ def test_a_diverging_replica_is_frozen_and_the_others_train_on(tmp_path):
     assert np.isfinite(np.asarray(leaf)).all()
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_every_replica_diverging_stops_the_run(tmp_path):
   config = _small(CASES["bp"]())
   config = _with_replicas(config, hparams={"optimizer.learning_rate": [1e4, 3e4]})

@@ -108,6 +108,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
   assert f"resuming from the checkpoint of step {steps[-1]}" in resumed.stderr
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
   work = tmp_path / "c"
   first = subprocess.run(_cmd(work, "--config.num_epochs=1"), cwd=REPO, env=_env(),
@@ -129,6 +130,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
   assert _final_state(work)[2] == 160
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_resume_repairs_missing_or_torn_records_and_refuses_a_new_data_order(tmp_path):
   work = tmp_path / "r"
   first = subprocess.run(_cmd(work, "--config.num_epochs=1"), cwd=REPO, env=_env(),
