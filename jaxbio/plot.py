@@ -113,6 +113,13 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     ValueError: the directory or its ``metrics.jsonl`` is missing or
       unreadable, or holds no readable record. The message ends with the path.
   """
+  records = _read_all(run_dir)
+  return _by_epoch([r for r in records if "replica" not in r] or records)
+
+
+def _read_all(run_dir: str) -> list[dict[str, Any]]:
+  """Every JSON-object record of ``run_dir/metrics.jsonl``, in file order; raises as
+  :func:`read_metrics` does."""
   if not os.path.isdir(run_dir):
     raise ValueError(f"no such run directory, {run_dir}")
   path = os.path.join(run_dir, METRICS_FILE)
@@ -134,7 +141,7 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     raise ValueError(f"cannot read {METRICS_FILE} ({e.strerror}), {path}") from None
   if not records:
     raise ValueError(f"no readable records in {METRICS_FILE}, {path}")
-  return _by_epoch([r for r in records if "replica" not in r] or records)
+  return records
 
 
 def _by_epoch(records: list[dict]) -> list[dict]:
@@ -148,7 +155,8 @@ def _by_epoch(records: list[dict]) -> list[dict]:
   return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]] | None:
+def read_draws(run_dir: str, max_draws: int = 8,
+               records: list[dict] | None = None) -> list[tuple[str, list[dict]]] | None:
   """A replica run's draws, each as ``(label, per-epoch records)``; None for a plain run.
 
   A record of a draw holds, for every numeric metric, the mean over its seeds
@@ -156,9 +164,9 @@ def read_draws(run_dir: str, max_draws: int = 8) -> list[tuple[str, list[dict]]]
   and ``test/error_pct_se``, the standard error of the test error over the
   seeds. The ``max_draws`` draws with the lowest final mean validation error
   (test error without a validation split) are kept, the best first, so a
-  large search stays readable.
+  large search stays readable. ``records``: the run's records, if already read.
   """
-  records = [r for r in _raw_records(run_dir) if "replica" in r]
+  records = [r for r in (_read_all(run_dir) if records is None else records) if "replica" in r]
   if not records:
     return None
   groups: dict[int, dict[float, list[dict]]] = {}
@@ -202,22 +210,6 @@ def _short(hparams: dict) -> str:
   return ", ".join(f"{names[k]}={v:.3g}" for k, v in hparams.items())
 
 
-def _raw_records(run_dir: str) -> list[dict]:
-  path = os.path.join(run_dir, METRICS_FILE)
-  out = []
-  if not os.path.isfile(path):
-    return out
-  with open(path, encoding="utf-8", errors="replace") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(record, dict):
-        out.append(record)
-  return out
-
-
 def plot_runs(run_dirs: Sequence[str], out_dir: str,
               labels: Sequence[str] | None = None) -> list[str]:
   """Writes ``error.png``, ``loss.png`` and ``alignment.png`` for ``run_dirs``.
@@ -250,10 +242,10 @@ def plot_runs(run_dirs: Sequence[str], out_dir: str,
                      f"{','.join(labels)}")
   runs = []
   for label, d in zip(labels, run_dirs):
-    records = read_metrics(d)  # (checks the directory)
-    draws = read_draws(d)
+    records = _read_all(d)  # (one read per run, checked)
+    draws = read_draws(d, records=records)
     if draws is None:
-      runs.append((str(label), records))
+      runs.append((str(label), _by_epoch(records)))
     else:  # a replica run: each draw's mean over seeds (± s.e. on the test error).
       runs.extend(((f"{label}, {name}" if name else str(label)) if len(run_dirs) > 1
                    else (name or str(label)), rows) for name, rows in draws)
