@@ -88,21 +88,23 @@ def _flax_model(input_shape, num_classes, *, module: str = "", kwargs: str = "{}
 
 def _mlp(input_shape, num_classes, *, widths=(256,), activation="tanh",
          output_activation="identity", kernel_init="glorot_uniform", init_gain=1.0,
-         batch_norm=False, dtype="float32"):
+         batch_norm=False, legacy_double_softmax=False, dtype="float32"):
   return nets.mlp(input_shape, tuple(widths), num_classes, activation=activation,
                   output_activation=output_activation, kernel_init=kernel_init,
-                  init_gain=init_gain, batch_norm=batch_norm, dtype=dtype)
+                  init_gain=init_gain, batch_norm=batch_norm,
+                  legacy_double_softmax=legacy_double_softmax, dtype=dtype)
 
 
 def _convnet(input_shape, num_classes, *, local, convs=(), dense=(), activation="relu",
              pool="max_pool:2:2", batch_norm=False, bn_after_activation=False,
              kernel_init="glorot_uniform", init_gain=1.0, conv_bias=True,
-             output_activation="identity", dtype="float32"):
+             output_activation="identity", legacy_double_softmax=False, dtype="float32"):
   return nets.convnet(input_shape, [tuple(c) for c in convs], tuple(dense), num_classes,
                       activation=activation, pool=pool or None, batch_norm=batch_norm,
                       bn_after_activation=bn_after_activation, kernel_init=kernel_init,
                       init_gain=init_gain, conv_bias=conv_bias, local=local,
-                      output_activation=output_activation, dtype=dtype)
+                      output_activation=output_activation,
+                      legacy_double_softmax=legacy_double_softmax, dtype=dtype)
 
 
 def build_rule(rule_cfg, net, total_steps: int = 1) -> rules.LearningRule:

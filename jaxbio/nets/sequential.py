@@ -40,7 +40,7 @@ Params = tuple[dict[str, jax.Array], ...]
 NetState = tuple[dict[str, jax.Array], ...]
 
 POST_OPS_HELP = ("an activation name (tanh, sigmoid, relu, identity), 'bn', "
-                 "'max_pool:W:S' or 'avg_pool:W:S'")
+                 "'max_pool:W:S', 'avg_pool:W:S' or 'softmax' (over the last axis)")
 
 
 class Block(NamedTuple):
@@ -104,8 +104,8 @@ class Block(NamedTuple):
 def _parse_post(op: str):
   if op in layers.ACTIVATIONS:
     return ("act", op)
-  if op == "bn":
-    return ("bn",)
+  if op in ("bn", "softmax"):
+    return (op,)
   parts = op.split(":")
   if parts[0] in ("max_pool", "avg_pool") and len(parts) == 3:
     return ("pool", parts[0][:3], int(parts[1]), int(parts[2]))
@@ -148,6 +148,8 @@ def block_apply(block: Block, params: dict, state: dict, x: jax.Array, *,
     elif spec[0] == "bn":
       h, new_state["bn_mean"], new_state["bn_var"] = _batch_norm(
           block.norm, params, state, h, train)
+    elif spec[0] == "softmax":
+      h = jax.nn.softmax(h, axis=-1)
     else:
       pool = nn.max_pool if spec[1] == "max" else nn.avg_pool
       h = pool(h, (spec[2], spec[2]), strides=(spec[3], spec[3]), padding="VALID")
@@ -358,16 +360,30 @@ def sequential(input_shape: Sequence[int], layer_specs: Sequence[dict[str, Any]]
 def mlp(input_shape: Sequence[int], widths: Sequence[int], num_classes: int, *,
         activation: str = "tanh", output_activation: str = "identity",
         kernel_init: str = "glorot_uniform", init_gain: float = 1.0,
-        batch_norm: bool = False, dtype: str = "float32") -> Network:
-  """A fully connected network: ``widths`` hidden layers, then ``num_classes`` outputs."""
+        batch_norm: bool = False, legacy_double_softmax: bool = False,
+        dtype: str = "float32") -> Network:
+  """A fully connected network: ``widths`` hidden layers, then ``num_classes`` outputs.
+
+  ``legacy_double_softmax``: see :func:`convnet`.
+  """
   layers.get_activation(activation)
   layers.get_activation(output_activation)
   hidden_post = (("bn",) if batch_norm else ()) + (activation,)
   specs = [dict(kind="dense", features=w, post=hidden_post, bias=not batch_norm,
                 kernel_init=kernel_init, init_gain=init_gain) for w in widths]
-  specs.append(dict(kind="dense", features=num_classes, post=(output_activation,),
+  specs.append(dict(kind="dense", features=num_classes,
+                    post=_output_post(output_activation, legacy_double_softmax),
                     kernel_init=kernel_init, init_gain=init_gain))
   return sequential(input_shape, specs, dtype)
+
+
+def _output_post(output_activation: str, legacy_double_softmax: bool) -> tuple[str, ...]:
+  if not legacy_double_softmax:
+    return (output_activation,)
+  if output_activation != "identity":
+    raise ValueError(f"legacy_double_softmax needs output_activation='identity' (the softmax "
+                     f"is the output activation), got {output_activation!r}")
+  return ("identity", "softmax")
 
 
 def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequence[int],
@@ -375,7 +391,8 @@ def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequen
             batch_norm: bool = False, bn_after_activation: bool = False,
             kernel_init: str = "glorot_uniform", init_gain: float = 1.0,
             conv_bias: bool = True, local: bool = False,
-            output_activation: str = "identity", dtype: str = "float32") -> Network:
+            output_activation: str = "identity", legacy_double_softmax: bool = False,
+            dtype: str = "float32") -> Network:
   """A convolutional (or, with ``local=True``, locally connected) network.
 
   Args:
@@ -389,6 +406,16 @@ def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequen
     bn_after_activation: order ``activation -> bn`` (as in Guerguiev et al.)
       instead of ``bn -> activation``.
     local: use locally connected layers (no weight sharing, untied biases).
+    output_activation: the output layer's activation (``identity``: logits).
+    legacy_double_softmax: end with a softmax, so the network outputs
+      probabilities that the softmax cross-entropy normalises a second time:
+      the loss is ``CE(log_softmax(softmax(z)))`` for logits ``z``. This is
+      the output layer of Guerguiev et al.'s RDD code (a ``Softmax`` layer
+      before a cross-entropy that applies log-softmax itself), offered for
+      parity studies, since that paper's numbers may include it. The
+      predicted class is the same; the loss is bounded and its gradient much
+      smaller than with logits.
+    dtype: parameter dtype.
   """
   layers.get_activation(activation)
 
@@ -412,7 +439,8 @@ def convnet(input_shape: Sequence[int], convs: Sequence[Sequence], dense: Sequen
   for w in dense:
     specs.append(dict(kind="dense", features=int(w), post=hidden_post(False),
                       bias=bias_before_bn, kernel_init=kernel_init, init_gain=init_gain))
-  specs.append(dict(kind="dense", features=num_classes, post=(output_activation,),
+  specs.append(dict(kind="dense", features=num_classes,
+                    post=_output_post(output_activation, legacy_double_softmax),
                     kernel_init=kernel_init, init_gain=init_gain))
   return sequential(input_shape, specs, dtype)
 

@@ -58,15 +58,21 @@ keep their value. Or, with ``y_update="incremental"``, ``Y <- Y + eta_Y
 ``(n_pre, n_post)``, the shape of ``W^T`` and of jaxbio's dense kernels, so
 ``Y`` is directly the FA feedback kernel (``Y == kernel`` means ``Y = W^T``).
 
-**Speed.** ``D``'s dynamics do not depend on ``P`` or on the fits, and the
-per-pair quantities ``R`` and ``R_pre`` are only read at window ends, so the
-loop keeps per-unit state plus ring buffers of ``K``-vectors: the post trace
-``q`` (``R`` of every window ending at step ``t`` is the same sum of the last
-30 ``q``), ``What`` times ``D``'s spikes (so ``P``'s input is a 30-term sum
-of ``K``-vectors, with ``What``'s rows gathered for the few units that
-spiked), ``P``'s spikes. The fits and ``R_pre`` are touched only in the rows
-of the units whose window ends or opens in that step (
-in-place row updates in a loop over those units).
+**Speed.** ``D``'s dynamics depend only on its drive, ``P``'s only on ``D``'s
+spikes, and neither on the fits; the per-pair quantities ``R`` and ``R_pre``
+are only read at window ends. So :func:`run_pair` computes a block of steps
+(1000 by default) in passes: ``D``'s input for the whole block (a 30-term
+kernel sum of the drive), ``D``'s dynamics (a scan of per-unit updates),
+``What`` times ``D``'s spikes for the block (one matrix product), ``P``'s
+input and dynamics (a scan over ``K``-vectors), the post trace ``q`` and
+the window sums ``R`` (the ``R`` of every window ending at step ``t`` is the
+same sum of the last 30 ``q``), and last the fits. A unit's fit rows are
+touched only when one of its windows ends or opens afresh: at least 30 steps
+apart, except an opening right after an end. So the fits are updated per
+chunk of 30 steps or fewer: the rows of every unit with an end, then of
+every unit with an opening, gathered, updated and scattered back in place.
+Ring buffers carry the last 30 steps of drive, ``What S_D``, post spikes and
+``q`` from block to block.
 """
 
 from __future__ import annotations
@@ -184,7 +190,7 @@ def _stats0(dtype):
   del dtype
   z = jnp.zeros((), jnp.int32)
   return {"pre_spikes": z, "post_spikes": z, "windows_spiked": z, "windows_no_spike": z,
-          "windows_out_of_band": z, "spike_overflow_steps": z}
+          "windows_out_of_band": z}
 
 
 def init_pair(n_pre: int, n_post: int, fits: Fits | None = None, *, dtype=jnp.float64,
@@ -223,9 +229,51 @@ def _lms(m_r, c_r, m_l, c_l, x, right, y, eta):
           jnp.where(right, m_l, m_new), jnp.where(right, c_l, c_new))
 
 
-def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: jax.Array, *,
-              consts: RDDConstants = RDDConstants(), spike_capacity: int = 128,
-              record: bool = False):
+def first_true(mask: jax.Array, size: int) -> jax.Array:
+  """The indices of the first ``size`` True entries of the 1-D ``mask``, padded with ``len(mask)``.
+
+  The same as ``jnp.nonzero(mask, size=size, fill_value=len(mask))[0]``, in
+  a few operations: the running count comes from two small triangular
+  matrix products (exact: float32 at the highest precision, counts far
+  below 2**24) rather than a scan, which costs several times more per call
+  inside a simulation loop.
+  """
+  n = mask.shape[0]
+  cols = max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
+  rows = -(-n // cols)
+  x = jnp.pad(mask, (0, rows * cols - n)).reshape(rows, cols).astype(jnp.float32)
+  hi = jax.lax.Precision.HIGHEST
+  within = jnp.matmul(x, jnp.triu(jnp.ones((cols, cols), jnp.float32)), precision=hi)
+  before = jnp.matmul(jnp.tril(jnp.ones((rows, rows), jnp.float32), -1), within[:, -1],
+                      precision=hi)
+  count = (within + before[:, None]).reshape(-1)[:n].astype(jnp.int32)  # inclusive
+  slot = jnp.where(mask, count - 1, size)
+  return jnp.full((size,), n, jnp.int32).at[slot].set(jnp.arange(n, dtype=jnp.int32),
+                                                       mode="drop")
+
+
+def _update_rows(mask: jax.Array, rows: jax.Array, fn, capacity: int) -> jax.Array:
+  """``rows[i] <- fn(idx, rows[idx])[j]`` for every ``i = idx[j]`` with ``mask[i]``.
+
+  ``rows`` has one more row than ``mask`` (a dummy one, left unchanged);
+  ``capacity`` rows are gathered, updated and scattered back per round, in
+  as many rounds as needed (none if ``mask`` is all False).
+  """
+  n = mask.shape[0]
+
+  def round_(carry):
+    mask, rows = carry
+    idx = first_true(mask, capacity)
+    old = rows[idx]
+    new = jnp.where((idx < n).reshape((-1,) + (1,) * (old.ndim - 1)), fn(idx, old), old)
+    return mask.at[idx].set(False, mode="drop"), rows.at[idx].set(new)
+
+  return jax.lax.while_loop(lambda c: jnp.any(c[0]), round_, (mask, rows))[1]
+
+
+def pair_step(state: PairState, counts: jax.Array | None, w_hat_t: jax.Array, *,
+              consts: RDDConstants = RDDConstants(), record: bool = False,
+              basal: jax.Array | None = None, row_capacity: int = 128):
   """One 1-ms step of the pair, in the authors' code's order of operations.
 
   1. ``q`` <- the post trace as of the previous step.
@@ -250,160 +298,225 @@ def pair_step(state: PairState, counts: jax.Array, w_hat_t: jax.Array, kappa: ja
   when a window opens at a step that began with no window open (the last
   ``R_pre <- q`` before any window end is at such a step).
 
+  This is :func:`run_pair` over one step (see there for how a run of steps
+  is computed).
+
   Args:
     state: the pair state.
-    counts: ``(n,)`` drive counts of this step.
+    counts: ``(n,)`` drive counts of this step (``None`` with ``basal``).
     w_hat_t: ``(n + 1, K)`` ``What`` in kernel layout with a zero last row.
-    kappa: ``(M,)`` kernel, ``kappa[m - 1] = kappa(m)``.
     consts: the constants.
-    spike_capacity: the most driven spikes per step whose ``What`` rows are
-      gathered; a step with more takes an exact dense matrix-vector path.
     record: also return this step's per-unit state (for tests).
+    basal: ``(n,)``, if given, the driven layer's basal input ``B`` of this
+      step in place of ``alpha`` times its drive trace (the drive history is
+      then left as it is): scripted inputs, e.g. to place ``u`` exactly,
+      since ``u <- 0.3 u + 0.6 B`` with the defaults.
+    row_capacity: see :func:`run_pair`.
 
   Returns:
     ``(state, record_dict or None)``.
   """
-  cs = consts
-  dtype = state.v.dtype
-  n, K = state.v.shape[0], state.v_post.shape[0]
-  M, L = cs.kernel_len, cs.window
-  t = state.t
-  pos = t % M
-  j = jnp.arange(M)
-  w_inc = kappa[(t - j) % M]        # weights of ring rows, this step included
-  w_prev = kappa[(t - j - 1) % M]   # weights of ring rows, as of the previous step
-  theta = jnp.asarray(cs.theta, dtype)
+  one = lambda a: None if a is None else jnp.asarray(a)[None]
+  state, rec = run_pair(state, one(counts), w_hat_t, consts=consts, record=record,
+                        basal=one(basal), row_capacity=row_capacity)
+  return state, None if rec is None else jax.tree.map(lambda r: r[0], rec)
 
-  # 1-2.
-  q = w_prev @ state.s_ring
-  c_start = state.c
+
+def _weighted_history(ring: jax.Array, t0: jax.Array, x: jax.Array, weights: np.ndarray):
+  """``y(t) = sum_j weights[j] x(t - j)`` for ``t = t0 .. t0 + T - 1``, and the ring after them.
+
+  ``ring`` (``R`` rows, ``R >= len(weights) - 1``) holds ``x`` of the last
+  ``R`` steps before ``t0``, step ``s`` in row ``s % R``; the returned ring
+  holds the last ``R`` steps of ``x`` the same way. Zero weights are skipped.
+  """
+  n_ring, t = ring.shape[0], x.shape[0]
+  hist = ring[(t0 - jnp.arange(n_ring, 0, -1)) % n_ring]          # steps t0 - R .. t0 - 1
+  ext = jnp.concatenate([hist, x.astype(ring.dtype)], 0)          # ext[i]: step t0 - R + i
+  y = jnp.zeros((t,) + ring.shape[1:], ring.dtype)
+  for j, w in enumerate(np.asarray(weights)):
+    if w != 0:
+      term = ext[n_ring - j:n_ring - j + t]
+      y = y + (term if w == 1 else w * term)
+  new_ring = jnp.zeros_like(ring).at[(t0 + t - n_ring + jnp.arange(n_ring)) % n_ring].set(
+      ext[t:t + n_ring])
+  return y, new_ring
+
+
+def _driven_step(carry, b, *, consts: RDDConstants, record: bool):
+  """Steps 2-5, 7 and 9-12 of :func:`pair_step` for the driven layer, from its input ``b``."""
+  cs = consts
+  v, u, r, c, n_spk, u_max = carry
+  dtype = v.dtype
+  theta = jnp.asarray(cs.theta, dtype)
+  c_start = c
   ending = c_start == 1
-  u_max = jnp.where(c_start > 0, jnp.maximum(state.u_max, state.u), state.u_max)
-  # 3-5.
-  r = jnp.maximum(state.r - 1, 0)
-  drive_ring = state.drive_ring.at[pos].set(counts.astype(dtype))
-  b = cs.alpha * (w_inc @ drive_ring)
-  v = state.v + cs.dt * (-cs.g_l * state.v + cs.g_d * (b - state.v))
-  u = state.u + cs.dt * (-cs.g_l * state.u + cs.g_d * (b - state.u))
-  # 6 (R implicitly: the ring of q).
-  q_ring = state.q_ring.at[t % L].set(q)
-  r_sum = jnp.sum(q_ring, axis=0)
-  # 7.
+  u_max = jnp.where(c_start > 0, jnp.maximum(u_max, u), u_max)
+  r = jnp.maximum(r - 1, 0)
+  v = v + cs.dt * (-cs.g_l * v + cs.g_d * (b - v))
+  u = u + cs.dt * (-cs.g_l * u + cs.g_d * (b - u))
   fire = (v >= theta) & (r == 0)
   v = jnp.where(fire, jnp.asarray(cs.v_reset, dtype), v)
   r = jnp.where(fire, cs.refractory, r)
-  # 8.
-  in_band = jnp.abs(u_max - theta) <= cs.u_window
-  event = ending & in_band
-  right = state.n_spk >= 1
-  n_events = jnp.sum(event)
-
-  # The rows of ending units, one at a time (a handful per step): in-place
-  # dynamic slices of the carried arrays, so a step never copies them.
-  y_base = r_sum / L
-  def lms_row(carry):
-    mask, rows = carry
-    row = jnp.argmax(mask)
-    get = lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, 0)
-    f = get(rows)[0]                                   # (5, K)
-    y = y_base[None, :] - f[4:5]
-    new = _lms(f[0:1], f[1:2], f[2:3], f[3:4], get(u_max), get(right), y, cs.eta)
-    rows = jax.lax.dynamic_update_slice_in_dim(
-        rows, jnp.concatenate(new + (f[4:5],), 0)[None], row, 0)
-    return mask.at[row].set(False), rows
-
-  _, fit_rows = jax.lax.while_loop(lambda c: jnp.any(c[0]), lms_row, (event, state.fit_rows))
-  # 9-10.
+  event = ending & (jnp.abs(u_max - theta) <= cs.u_window)
+  right = n_spk >= 1
   c = jnp.maximum(c_start - 1, 0)
   u = jnp.where(c == 0, v, u)
   opening = (c == 0) & (jnp.abs(theta - u) <= cs.init_window)
-  c = jnp.where(opening, L, c)
-  fresh = opening & (c_start == 0)
-  n_fresh = jnp.sum(fresh)
-
-  def rpre_row(carry):
-    mask, rows = carry
-    row = jnp.argmax(mask)
-    return mask.at[row].set(False), jax.lax.dynamic_update_slice(rows, q[None, None, :],
-                                                                  (row, 4, 0))
-
-  _, fit_rows = jax.lax.while_loop(lambda c: jnp.any(c[0]), rpre_row, (fresh, fit_rows))
-  # 11-12.
-  n_spk = jnp.where((c > 0) & fire, state.n_spk + 1, state.n_spk)
+  c = jnp.where(opening, cs.window, c)
+  fresh = opening & (c_start == 0)  # never an ending unit (c_start == 1)
+  n_spk = jnp.where((c > 0) & fire, n_spk + 1, n_spk)
   n_spk = jnp.where(ending, 0, n_spk)
-  u_max_window = u_max
+  out = {"fire": fire, "ending": ending, "event": event, "right": right, "fresh": fresh,
+         "x": u_max}
   u_max = jnp.where(ending, jnp.zeros((), dtype), u_max)
-  # 13. What^T S_D for this step's spikes, then the post layer.
-  n_fire = jnp.sum(fire)
-  firef = fire.astype(dtype)
+  if record:
+    out.update(pre_v=v, pre_u=u, pre_window_counter=c, pre_n_spikes=n_spk, pre_refractory=r)
+  return (v, u, r, c, n_spk, u_max), out
 
-  def z_sparse(_):
-    idx = jnp.nonzero(fire, size=min(spike_capacity, n), fill_value=n)[0]
-    return jnp.sum(w_hat_t[idx], axis=0)
 
-  def z_dense(_):
-    return firef @ w_hat_t[:-1]
+def _post_step(carry, b, *, consts: RDDConstants):
+  """Step 13 of :func:`pair_step`: the post layer, from its input ``b``."""
+  cs = consts
+  v, r = carry
+  r = jnp.maximum(r - 1, 0)
+  v = v + cs.dt * (-cs.g_l * v + cs.g_d * (b - v))
+  fire = (v >= cs.theta) & (r == 0)
+  v = jnp.where(fire, jnp.asarray(cs.v_reset, v.dtype), v)
+  r = jnp.where(fire, cs.refractory, r)
+  return (v, r), (fire, v, r)
 
-  if n <= spike_capacity:
-    z = z_dense(None)
-  else:
-    z = jax.lax.cond(n_fire > spike_capacity, z_dense, z_sparse, None)
-  z_ring = state.z_ring.at[pos].set(z)
-  b_post = w_inc @ z_ring
-  r_post = jnp.maximum(state.r_post - 1, 0)
-  v_post = state.v_post + cs.dt * (-cs.g_l * state.v_post + cs.g_d * (b_post - state.v_post))
-  fire_post = (v_post >= theta) & (r_post == 0)
-  v_post = jnp.where(fire_post, jnp.asarray(cs.v_reset, dtype), v_post)
-  r_post = jnp.where(fire_post, cs.refractory, r_post)
-  s_ring = state.s_ring.at[pos].set(fire_post.astype(dtype))
 
+def _fit_chunk(rows, x, *, eta: float, row_capacity: int):
+  """Steps 8 and 10 on the fit rows for a chunk of at most ``window`` steps.
+
+  A unit's touches of its fit rows (the LMS step when a window ends, ``R_pre
+  <- q`` when one opens afresh) are at least ``window`` steps apart, except
+  that a window can open afresh one step after one ended. So in a chunk of
+  at most ``window`` steps, a unit has at most one end and one fresh
+  opening, the end first: every unit's end, then every unit's opening, can
+  be applied at once, with the quantities (``q``, ``R``, ``u_max``, side) of
+  the step it happened in.
+  """
+  event, fresh, right, u_max, q, y_base = x
+  t_end = jnp.argmax(event, axis=0)
+  t_open = jnp.argmax(fresh, axis=0)
+
+  def ends(idx, f):
+    t = t_end[idx]
+    lms = _lms(f[:, 0], f[:, 1], f[:, 2], f[:, 3], u_max[t, idx], right[t, idx],
+               y_base[t] - f[:, 4], eta)
+    return jnp.stack(lms + (f[:, 4],), 1)
+
+  rows = _update_rows(jnp.any(event, axis=0), rows, ends, row_capacity)
+  rows = _update_rows(jnp.any(fresh, axis=0), rows,
+                      lambda idx, f: f.at[:, 4].set(q[t_open[idx]]), row_capacity)
+  return rows, None
+
+
+def _pair_block(state: PairState, b: jax.Array, w_hat: jax.Array, *, consts: RDDConstants,
+                record: bool, row_capacity: int, unroll: int):
+  """``T`` steps of the pair from the driven layer's input ``b`` (``(T, n)``); see :func:`run_pair`."""
+  cs = consts
+  dtype = state.v.dtype
+  kappa = kernel(cs, np.float64)
+  d_carry = (state.v, state.u, state.r, state.c, state.n_spk, state.u_max)
+  d_carry, d = jax.lax.scan(functools.partial(_driven_step, consts=cs, record=record),
+                            d_carry, b, unroll=unroll)
+  z = jnp.matmul(d["fire"].astype(dtype), w_hat, precision=jax.lax.Precision.HIGHEST)
+  b_post, z_ring = _weighted_history(state.z_ring, state.t, z, kappa)
+  (v_post, r_post), (fire_post, v_post_t, r_post_t) = jax.lax.scan(
+      functools.partial(_post_step, consts=cs), (state.v_post, state.r_post), b_post,
+      unroll=unroll)
+  s = fire_post.astype(dtype)
+  q, s_ring = _weighted_history(state.s_ring, state.t, s, np.concatenate([[0.0], kappa]))
+  r_sum, q_ring = _weighted_history(state.q_ring, state.t, q, np.ones(cs.window))
+  t = b.shape[0]
+  chunk = max(c for c in range(1, min(cs.window, t) + 1) if t % c == 0)
+  per_chunk = lambda a: a.reshape(t // chunk, chunk, *a.shape[1:])
+  fit_rows, _ = jax.lax.scan(
+      functools.partial(_fit_chunk, eta=cs.eta, row_capacity=min(row_capacity, b.shape[1])),
+      state.fit_rows, tuple(map(per_chunk, (d["event"], d["fresh"], d["right"], d["x"], q,
+                                            r_sum / cs.window))))
+  total = lambda m: jnp.sum(m).astype(jnp.int32)
   st = state.counts
-  counts_out = {
-      "pre_spikes": st["pre_spikes"] + n_fire.astype(jnp.int32),
-      "post_spikes": st["post_spikes"] + jnp.sum(fire_post).astype(jnp.int32),
-      "windows_spiked": st["windows_spiked"] + jnp.sum(event & right).astype(jnp.int32),
-      "windows_no_spike": st["windows_no_spike"] + jnp.sum(event & ~right).astype(jnp.int32),
-      "windows_out_of_band": st["windows_out_of_band"]
-                             + jnp.sum(ending & ~in_band).astype(jnp.int32),
-      "spike_overflow_steps": st["spike_overflow_steps"] + (n_fire > spike_capacity),
+  counts = {
+      "pre_spikes": st["pre_spikes"] + total(d["fire"]),
+      "post_spikes": st["post_spikes"] + total(fire_post),
+      "windows_spiked": st["windows_spiked"] + total(d["event"] & d["right"]),
+      "windows_no_spike": st["windows_no_spike"] + total(d["event"] & ~d["right"]),
+      "windows_out_of_band": st["windows_out_of_band"] + total(d["ending"] & ~d["event"]),
   }
-  new = PairState(v=v, u=u, r=r, c=c, n_spk=n_spk, u_max=u_max, drive_ring=drive_ring,
-                  v_post=v_post, r_post=r_post, z_ring=z_ring, s_ring=s_ring, q_ring=q_ring,
-                  fit_rows=fit_rows, t=t + 1, counts=counts_out)
+  v, u, r, c, n_spk, u_max = d_carry
+  new = state._replace(v=v, u=u, r=r, c=c, n_spk=n_spk, u_max=u_max, v_post=v_post,
+                       r_post=r_post, z_ring=z_ring, s_ring=s_ring, q_ring=q_ring,
+                       fit_rows=fit_rows, t=state.t + t, counts=counts)
   rec = None
   if record:
-    rec = {"pre_spikes": fire, "post_spikes": fire_post, "pre_v": v, "pre_u": u,
-           "post_v": v_post, "pre_B": b, "post_B": b_post, "pre_window_counter": c,
-           "pre_n_spikes": n_spk, "pre_refractory": r, "post_refractory": r_post,
-           "event": event, "event_x": jnp.where(event, u_max_window, 0),
-           "event_side": right}
+    rec = {key: d[key] for key in ("pre_v", "pre_u", "pre_window_counter", "pre_n_spikes",
+                                   "pre_refractory")}
+    rec.update(pre_spikes=d["fire"], post_spikes=fire_post, post_v=v_post_t,
+               post_refractory=r_post_t, pre_B=b, post_B=b_post, event=d["event"],
+               event_x=jnp.where(d["event"], d["x"], 0), event_side=d["right"])
   return new, rec
 
 
-def run_pair(state: PairState, counts: jax.Array, w_hat_t: jax.Array, *,
-             consts: RDDConstants = RDDConstants(), record: bool = False,
-             spike_capacity: int = 128, unroll: int = 1):
-  """Runs the pair over ``counts`` (``(T, n)`` drive counts, one row per step) with ``lax.scan``.
+def run_pair(state: PairState, counts: jax.Array | None, w_hat_t: jax.Array, *,
+             consts: RDDConstants = RDDConstants(), record: bool = False, unroll: int = 1,
+             basal: jax.Array | None = None, row_capacity: int = 128, block: int = 1000):
+  """Runs the pair over ``counts`` (``(T, n)`` drive counts, one row per step).
+
+  The steps of :func:`pair_step`, computed ``block`` steps at a time in
+  passes, which gives the same result because the driven layer does not
+  depend on the post layer, and the post layer not on the fits: the driven
+  layer's input for the whole block (a kernel-weighted sum of its drive
+  counts), its dynamics (a scan), ``What`` times its spikes (one matrix
+  product), the post layer's input, its dynamics (a scan), the post trace
+  ``q`` and the window sums ``R``, and last the LMS fits and ``R_pre``, with
+  only the rows of the units whose window ends or opens in a step touched
+  (a scan over chunks of at most ``window`` steps, in which no unit's rows
+  are touched twice in a way whose order matters, see :func:`_fit_chunk`).
 
   Args:
     state: from :func:`init_pair` (or a previous run).
-    counts: the drive.
+    counts: the drive (``None`` with ``basal``).
     w_hat_t: ``(n + 1, K)`` ``What`` in kernel layout with a zero last row
       (see :func:`padded`).
-    consts, record, spike_capacity: see :func:`pair_step`.
-    unroll: ``lax.scan`` unroll factor.
+    consts: the constants.
+    record: also return the per-step state (for tests).
+    unroll: the scans' unroll factor.
+    basal: ``(T, n)``, the driven layer's basal input per step in place of
+      the drive (see :func:`pair_step`).
+    row_capacity: how many driven units' fit rows are updated together
+      (gathered, updated and scattered back; more take further rounds; the
+      result does not depend on it).
+    block: steps per block (when it divides ``T``; else all at once).
 
   Returns:
-    ``(state, records)``: ``records`` stacks :func:`pair_step`'s per-step
-    records (``None`` unless ``record``).
+    ``(state, records)``: ``records`` stacks the per-step records of
+    :func:`pair_step` (``None`` unless ``record``).
   """
-  kappa = jnp.asarray(kernel(consts, w_hat_t.dtype))
+  if (counts is None) == (basal is None):
+    raise ValueError("run_pair takes either counts or basal")
+  w_hat = w_hat_t[:-1]
+  kappa = kernel(consts, np.float64)
 
-  def body(s, x):
-    return pair_step(s, x, w_hat_t, kappa, consts=consts, spike_capacity=spike_capacity,
-                     record=record)
+  def run_block(s, x):
+    if basal is None:
+      b, ring = _weighted_history(s.drive_ring, s.t, x, kappa)
+      b = consts.alpha * b
+    else:
+      b, ring = jnp.asarray(x, s.v.dtype), s.drive_ring
+    s, rec = _pair_block(s, b, w_hat, consts=consts, record=record,
+                         row_capacity=row_capacity, unroll=unroll)
+    return s._replace(drive_ring=ring), rec
 
-  return jax.lax.scan(body, state, counts, unroll=unroll)
+  xs = counts if basal is None else basal
+  t = xs.shape[0]
+  size = block if t % block == 0 else t
+  state, rec = jax.lax.scan(run_block, state, xs.reshape(t // size, size, *xs.shape[1:]))
+  if rec is not None:
+    rec = jax.tree.map(lambda r: r.reshape(t, *r.shape[2:]), rec)
+  return state, rec
 
 
 def padded(w_hat: jax.Array) -> jax.Array:
@@ -475,9 +588,29 @@ class PhaseResult(NamedTuple):
   metrics: dict
 
 
-def _sub_phase(state: PairState, y, s_y0, w_hat, key, *, steps: int, consts: RDDConstants,
-               y_update: str, y_kwargs: dict, spike_capacity: int, unroll: int):
-  """Drives one layer for ``steps`` steps, updating ``y`` every ``y_update_every`` steps."""
+def pair_phase(state: PairState, y, s_y0, w_hat, key, *, steps: int,
+               consts: RDDConstants = RDDConstants(), y_update: str = "copy",
+               y_kwargs: dict | None = None, row_capacity: int = 128, unroll: int = 1):
+  """Drives one pair for ``steps`` steps, rewriting ``y`` every ``consts.y_update_every`` steps.
+
+  Args:
+    state: from :func:`init_pair` (fits included).
+    y: ``(n, K)``, the pair's feedback weights before the phase.
+    s_y0: the std of the initial random ``Y``.
+    w_hat: ``(n, K)``, ``What`` (see :func:`scaled_forward`).
+    key: the drive's key (see :func:`drive_counts`).
+    steps: a multiple of ``consts.y_update_every``.
+    consts, row_capacity, unroll: see :func:`run_pair`.
+    y_update, y_kwargs: see :func:`update_feedback`.
+
+  Returns:
+    ``(state, y, ys)``: the final state and ``Y``, and ``ys``, ``Y`` after
+    each update stacked (``(steps // y_update_every, n, K)``), e.g. to follow
+    the alignment through the phase.
+  """
+  if steps % consts.y_update_every:
+    raise ValueError(f"steps ({steps}) must be a multiple of y_update_every "
+                     f"({consts.y_update_every})")
   n = w_hat.shape[0]
   seg = consts.y_update_every
   w_hat_t = padded(w_hat)
@@ -485,20 +618,20 @@ def _sub_phase(state: PairState, y, s_y0, w_hat, key, *, steps: int, consts: RDD
   def segment(carry, i):
     state, y = carry
     counts = drive_counts(key, i * seg, seg, n, consts)
-    state, _ = run_pair(state, counts, w_hat_t, consts=consts, spike_capacity=spike_capacity,
+    state, _ = run_pair(state, counts, w_hat_t, consts=consts, row_capacity=row_capacity,
                         unroll=unroll)
     y = update_feedback(y, beta_of(pair_fits(state), consts.theta), s_y0, mode=y_update,
-                        **y_kwargs)
-    return (state, y), None
+                        **(y_kwargs or {}))
+    return (state, y), y
 
-  (state, y), _ = jax.lax.scan(segment, (state, y), jnp.arange(steps // seg))
-  return state, y
+  (state, y), ys = jax.lax.scan(segment, (state, y), jnp.arange(steps // seg))
+  return state, y, ys
 
 
 def feedback_phase(kernels, feedback, fits, s_y0, key, *, steps_per_layer: int = 30_000,
                    consts: RDDConstants = RDDConstants(), y_update: str = "copy",
                    eta_y: float = 1.0, omega: float = 1.0, gamma: float = 0.0,
-                   spike_capacity: int = 128, unroll: int = 1) -> PhaseResult:
+                   row_capacity: int = 128, unroll: int = 1) -> PhaseResult:
   """One feedback phase over a stack of fc layers: each layer's input population driven in turn.
 
   Layer ``l`` (kernel ``kernels[l]`` of shape ``(n_l, n_{l+1})``) is the pair
@@ -525,14 +658,13 @@ def feedback_phase(kernels, feedback, fits, s_y0, key, *, steps_per_layer: int =
       ``consts.y_update_every``.
     consts: the constants.
     y_update, eta_y, omega, gamma: see :func:`update_feedback`.
-    spike_capacity, unroll: see :func:`run_pair`.
+    row_capacity, unroll: see :func:`run_pair`.
 
   Returns:
     A :class:`PhaseResult`. ``metrics`` per layer ``l``:
     ``layer{l}/pre_rate_hz``, ``post_rate_hz`` (mean firing rates),
     ``windows_spiked_per_unit_s``, ``windows_no_spike_per_unit_s``,
-    ``windows_out_of_band``, ``overflow_steps`` (steps that took the dense
-    spike path).
+    ``windows_out_of_band`` (windows that ended with ``u_max`` outside the band).
   """
   if steps_per_layer % consts.y_update_every:
     raise ValueError(f"steps_per_layer ({steps_per_layer}) must be a multiple of "
@@ -549,9 +681,9 @@ def feedback_phase(kernels, feedback, fits, s_y0, key, *, steps_per_layer: int =
     if carry is not None and carry.v_post.shape[0] == n:
       state = state._replace(v=carry.v_post, u=carry.v_post, r=carry.r_post, t=carry.t,
                              z_ring=carry.s_ring @ w_hat)
-    state, y = _sub_phase(state, y.astype(dtype), s, w_hat, keys[l], steps=steps_per_layer,
-                          consts=consts, y_update=y_update, y_kwargs=y_kwargs,
-                          spike_capacity=spike_capacity, unroll=unroll)
+    state, y, _ = pair_phase(state, y.astype(dtype), s, w_hat, keys[l], steps=steps_per_layer,
+                             consts=consts, y_update=y_update, y_kwargs=y_kwargs,
+                             row_capacity=row_capacity, unroll=unroll)
     carry = state
     new_fb.append(y)
     new_fits.append(pair_fits(state))
@@ -563,7 +695,6 @@ def feedback_phase(kernels, feedback, fits, s_y0, key, *, steps_per_layer: int =
         f"layer{l}/windows_spiked_per_unit_s": cnt["windows_spiked"] / (n * secs),
         f"layer{l}/windows_no_spike_per_unit_s": cnt["windows_no_spike"] / (n * secs),
         f"layer{l}/windows_out_of_band": cnt["windows_out_of_band"],
-        f"layer{l}/overflow_steps": cnt["spike_overflow_steps"],
     })
   return PhaseResult(tuple(new_fb), tuple(new_fits), metrics)
 
@@ -596,7 +727,7 @@ def sign_agreement(y: jax.Array, w: jax.Array) -> jax.Array:
 def rdd(net, *, every_epoch: bool = True, steps_per_layer: int = 30_000,
         reset_fits: bool = False, y_update: str = "copy", eta_y: float = 1.0,
         omega: float = 1.0, gamma: float = 0.0, feedback_scale: float = 1.0,
-        spike_capacity: int = 128, **constants):
+        row_capacity: int = 128, **constants):
   """RDD feedback learning (Guerguiev, Kording & Richards, ICLR 2020) on FA.
 
   Training is feedback alignment (the input gradient of layer ``l`` is
@@ -615,7 +746,7 @@ def rdd(net, *, every_epoch: bool = True, steps_per_layer: int = 30_000,
     reset_fits: start every phase's fits from 0.
     y_update, eta_y, omega, gamma: the Y update (:func:`update_feedback`).
     feedback_scale: multiplies the initial random feedback (FA's).
-    spike_capacity: see :func:`pair_step`.
+    row_capacity: see :func:`run_pair`.
     **constants: overrides of :class:`RDDConstants` fields (e.g. ``eta``,
       ``u_window``, ``y_update_every``).
 
@@ -654,7 +785,7 @@ def rdd(net, *, every_epoch: bool = True, steps_per_layer: int = 30_000,
       fits = tuple(jax.tree.map(jnp.zeros_like, f) for f in fits)
     res = feedback_phase(kernels, ys, fits, rule_state.s_y0, key,
                          steps_per_layer=steps_per_layer, consts=consts, y_update=y_update,
-                         eta_y=eta_y, omega=omega, gamma=gamma, spike_capacity=spike_capacity)
+                         eta_y=eta_y, omega=omega, gamma=gamma, row_capacity=row_capacity)
     feedback = list(rule_state.feedback)
     metrics = {}
     from jaxbio.metrics.alignment import angle_degrees  # pylint: disable=g-import-not-at-top

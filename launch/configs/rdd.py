@@ -12,7 +12,10 @@ Usage: ``--config=launch/configs/rdd.py:<dataset>,<rule>[,runlocal]``
   The 28x28 images take the 32x32 net through a 2-pixel zero ("SAME")
   padding of the first conv, the same as zero-padding the normalised image
   to 32x32 (padding the raw image with black pixels, -1 after
-  normalisation, is the other reading of "zero-pad"; not verified). ``rdd``
+  normalisation, is the other reading of "zero-pad"; not verified).
+  ``--config.model.legacy_double_softmax=True`` ends the net with a softmax
+  whose output the cross-entropy normalises again, as the authors' code does
+  (for parity studies; the default is logits). ``rdd``
   runs the 90 s spiking feedback phase (30 s per fc layer) before every
   epoch; ``kp`` uses no decay; ``weight_mirror`` uses Akrout et al.'s
   reference noise and rate (0.1 (U - 1/2) noise, B += 0.01 sum x y^T per
@@ -58,12 +61,14 @@ def get_config(arg: str = "fashion_mnist,rdd"):
                           augment="crop" if dataset == "svhn" else "crop_flip"))
     c.model.update(dict(arch="convnet", convs=((64, 5, 1, "SAME"), (64, 5, 1, "VALID")),
                         dense=(384, 192), pool="max_pool:2:2", activation="relu",
-                        batch_norm=True, bn_after_activation=True, conv_bias=False, **init))
+                        batch_norm=True, bn_after_activation=True, conv_bias=False,
+                        legacy_double_softmax=False, **init))
     # XLA:CPU runs convolutions inside a while loop several times slower: unroll.
     c.update(dict(chunk_loop="unrolled", steps_per_call=5))
   else:
     c.dataset.update(dict(name="mnist"))
-    c.model.update(dict(arch="mlp", widths=(500, 500), activation="relu", **init))
+    c.model.update(dict(arch="mlp", widths=(500, 500), activation="relu",
+                        legacy_double_softmax=False, **init))
   c.rule.update(dict(name=rule))
   if rule == "rdd":
     c.rule.update(dict(every_epoch=True, steps_per_layer=30_000, reset_fits=False,
