@@ -29,7 +29,7 @@ SUITES = {
         ("AO-SDTP", "bartunov", "mnist,fc,ao_sdtp", "1.86"),
         ("TP", "bartunov", "mnist,fc,tp", None),
         ("BurstCCN", "burstccn", "mnist", "1.84"),
-        ("Burstprop", "burstccn", "burstprop_mnist", "1.75"),
+        ("Burstprop", "burstccn", "burstprop_mnist_tuned", "1.75"),
         ("RDD", "rdd", "mnist_fc,rdd", None),
         ("Weight mirror", "rdd", "mnist_fc,weight_mirror", None),
     ],

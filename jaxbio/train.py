@@ -443,8 +443,9 @@ class _Run:
     if epoch and not any(ph.every_epoch for ph in exp.rule.phases):
       return
     t = time.time()
-    self.state, metrics = self.phase_fn(self.state, self.put(steps.phase_key(self.config.seed, epoch)),
-                                        epoch == 0)
+    # Blocked on, so that the wall time is the phase's (not just its dispatch).
+    self.state, metrics = jax.block_until_ready(self.phase_fn(
+        self.state, self.put(steps.phase_key(self.config.seed, epoch)), epoch == 0))
     self.state = self.state._replace(phase_epoch=self.put(np.int32(epoch)))
     wall = time.time() - t
     self.loop_state["phase"] = {**{f"phase/{k}": float(v) for k, v in metrics.items()},

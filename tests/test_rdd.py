@@ -273,6 +273,7 @@ def _pair_alignment(seed, n, k, seconds, lim):
           100 * jax.vmap(lambda y: sf.sign_agreement(y, w))(ys))
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_alignment_of_a_100_to_10_pair_matches_the_authors_code():
   """Oracle 8: 100 -> 10, W ~ U(+-0.1), mean over 3 seeds at 30 s and 90 s, +-3 deg and +-3 pp.
 
@@ -482,3 +483,12 @@ def test_weight_mirror_aligns_and_decay_fixes_the_norm():
   assert state.feedback[0] is None
   with pytest.raises(ValueError, match="decay"):
     sf.weight_mirror(net, decay=1.5)
+  # mirror_conv=False: the conv layer's feedback stays as it was, the dense ones learn.
+  conv = nets.convnet((8, 8, 1), [(4, 3, 1), (4, 3, 1)], [12], 5)
+  cparams, _ = conv.init(jax.random.key(0))
+  for mirror_conv in (True, False):
+    crule = sf.weight_mirror(conv, mirror_conv=mirror_conv)
+    cstate = crule.init(jax.random.key(1), cparams)
+    new = crule.after_step(cstate, cparams, cparams, None, jax.random.key(2))[0]
+    assert np.array_equal(new.feedback[1], cstate.feedback[1]) != mirror_conv  # a conv layer
+    assert not np.array_equal(new.feedback[3], cstate.feedback[3])           # a dense one

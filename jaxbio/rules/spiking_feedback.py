@@ -809,7 +809,8 @@ def rdd(net, *, every_epoch: bool = True, steps_per_layer: int = 30_000,
 
 
 def weight_mirror(net, *, mirror_lr: float = 0.01, decay: float = 0.0, noise_scale: float = 0.1,
-                  noise_batch: int = 128, init_batches: int = 0, feedback_scale: float = 1.0):
+                  noise_batch: int = 128, init_batches: int = 0, feedback_scale: float = 1.0,
+                  mirror_conv: bool = True):
   """Weight mirror (Akrout et al., NeurIPS 2019): FA whose feedback learns from noise.
 
   After every optimiser step ("mirror mode"), each layer ``l`` with a
@@ -830,6 +831,9 @@ def weight_mirror(net, *, mirror_lr: float = 0.01, decay: float = 0.0, noise_sca
     net: a sequential network.
     mirror_lr, decay, noise_scale, noise_batch, init_batches: see above.
     feedback_scale: multiplies the initial random feedback (FA's).
+    mirror_conv: also mirror convolutional (and locally connected) layers;
+      False keeps their feedback fixed random, as RDD does (a conv layer's
+      mirror pushes a noise batch of images through it after every step).
   """
   from jaxbio.rules import base, feedback as fb_rules  # pylint: disable=g-import-not-at-top
   if base.concrete(decay) and not 0 <= decay < 1:
@@ -840,8 +844,8 @@ def weight_mirror(net, *, mirror_lr: float = 0.01, decay: float = 0.0, noise_sca
     keys = jax.random.split(key, len(feedback))
     out = []
     for block, fb, p, k in zip(net.blocks, feedback, params, keys):
-      if fb is None:
-        out.append(None)
+      if fb is None or (not mirror_conv and block.kind != "dense"):
+        out.append(fb)
         continue
       x = noise_scale * (jax.random.uniform(k, (noise_batch, *block.in_shape), fb.dtype) - 0.5)
       y = jax.lax.stop_gradient(block.op(p["kernel"], x))

@@ -20,7 +20,11 @@ Usage: ``--config=launch/configs/rdd.py:<dataset>,<rule>[,runlocal]``
   epoch; ``kp`` uses no decay; ``weight_mirror`` uses Akrout et al.'s
   reference noise and rate (0.1 (U - 1/2) noise, B += 0.01 sum x y^T per
   noise batch of 128, 468 noise batches before the first epoch, no decay),
-  with a linear response y = W x rather than their sigmoid.
+  with a linear response y = W x rather than their sigmoid; on the conv net
+  only the fc layers' feedback is mirrored (``mirror_conv=False``: the conv
+  feedback stays fixed random, as in ``rdd``, and a conv layer's mirror would
+  push 128 noise images through it after every step, several times a
+  training step's cost on a CPU).
 * ``cifar10,<rule>``: the same net and protocol on CIFAR-10, the authors' own
   dataset (32x32x3: no padding is needed); ``svhn,<rule>``: on SVHN
   (``svhn_cropped``), with random crops but no flips (digits are not
@@ -77,7 +81,7 @@ def get_config(arg: str = "fashion_mnist,rdd"):
     # Akrout et al.'s reference: noise 0.1 (U - 1/2), B += 0.01 sum x y^T per batch of 128,
     # N_train // 128 noise batches first, no effective decay.
     c.rule.update(dict(mirror_lr=0.01, decay=0.0, noise_scale=0.1, noise_batch=128,
-                       init_batches=60_000 // 128))
+                       init_batches=60_000 // 128, mirror_conv=dataset == "mnist_fc"))
   if "runlocal" in extra:
     c.num_epochs = 1
   return c
