@@ -1,6 +1,6 @@
 """RDD against its baselines on real Fashion-MNIST, the authors' conv net and protocol.
 
-    python -m benchmarks.rdd_fashion --epochs=3
+    python -m benchmarks.rdd_fashion --epochs=4 --data_dir=../shared/data/tfds
 
 Trains ``launch/configs/rdd.py:fashion_mnist,<rule>`` for every rule of
 ``--rules`` (BP, FA, RDD, KP, weight mirror: the same net, SGD 0.01 with
@@ -40,8 +40,10 @@ _RULES = flags.DEFINE_list("rules", list(rdd_configs.RULES), "Rules to train.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data directory ('' : jaxbio's default).")
 _OUT = flags.DEFINE_string("out", "runs/rdd_fashion", "Output folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of every run.")
-_REPORT_ONLY = flags.DEFINE_boolean("report_only", False, "Report on the runs in --out; no training.")
-_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "Training split (e.g. train[:3200] for a quick look).")
+_REPORT_ONLY = flags.DEFINE_boolean("report_only", False,
+                                    "Report on the runs in --out; no training.")
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train",
+                                   "Training split (e.g. train[:3200] for a quick look).")
 
 LABELS = {"bp": "BP", "fa": "FA", "rdd": "RDD", "kp": "KP", "weight_mirror": "Weight mirror"}
 FC_LAYERS = {2: "fc1 (1600->384)", 3: "fc2 (384->192)", 4: "fc3 (192->10)"}

@@ -60,7 +60,7 @@ class Table:
 
 
 _LC = "locally connected net, slow on a CPU"
-_CONV = "conv net with a 90 s spiking phase per epoch, slow on a CPU"
+_CONV = "the conv net: about 3 min an epoch on a 2-core CPU"
 PAPERS: dict[str, tuple[Table, ...]] = {
     "bartunov": (
         Table("table1a_mnist_fc", "Bartunov et al. (2018), Table 1(a), MNIST, fully connected "

@@ -165,9 +165,10 @@ class PairState(NamedTuple):
   """State of a driven -> post spiking pair (see the module docstring).
 
   ``fit_rows`` (the four fits and ``R_pre``, stacked per driven unit so that
-  one unit's update reads and writes one contiguous block) has one extra (dummy) row at index ``n_pre`` that
-  padded gathers and scatters use; ``t`` is the step counter (ring
-  positions are ``t % M``).
+  one unit's update reads and writes one contiguous block) has one extra
+  (dummy) row at index ``n_pre`` that padded gathers and scatters use. ``t``
+  is the step counter: step ``s`` is in row ``s % M`` of the ``M``-row rings
+  and ``s % window`` of ``q_ring``.
   """
   v: jax.Array          # (n,) driven membrane potential
   u: jax.Array          # (n,) drive without reset
@@ -304,7 +305,7 @@ def pair_step(state: PairState, counts: jax.Array | None, w_hat_t: jax.Array, *,
   Args:
     state: the pair state.
     counts: ``(n,)`` drive counts of this step (``None`` with ``basal``).
-    w_hat_t: ``(n + 1, K)`` ``What`` in kernel layout with a zero last row.
+    w_hat_t: ``(n + 1, K)`` ``What`` in kernel layout with a zero last row (see :func:`padded`).
     consts: the constants.
     record: also return this step's per-unit state (for tests).
     basal: ``(n,)``, if given, the driven layer's basal input ``B`` of this
@@ -330,10 +331,13 @@ def _weighted_history(ring: jax.Array, t0: jax.Array, x: jax.Array, weights: np.
   holds the last ``R`` steps of ``x`` the same way. Zero weights are skipped.
   """
   n_ring, t = ring.shape[0], x.shape[0]
+  weights = np.asarray(weights, ring.dtype)  # NumPy float64 weights would promote ring's dtype
+  if n_ring < len(weights) - 1:
+    raise ValueError(f"a ring of {n_ring} steps is too short for {len(weights)} weights")
   hist = ring[(t0 - jnp.arange(n_ring, 0, -1)) % n_ring]          # steps t0 - R .. t0 - 1
   ext = jnp.concatenate([hist, x.astype(ring.dtype)], 0)          # ext[i]: step t0 - R + i
   y = jnp.zeros((t,) + ring.shape[1:], ring.dtype)
-  for j, w in enumerate(np.asarray(weights)):
+  for j, w in enumerate(weights):
     if w != 0:
       term = ext[n_ring - j:n_ring - j + t]
       y = y + (term if w == 1 else w * term)
@@ -343,7 +347,7 @@ def _weighted_history(ring: jax.Array, t0: jax.Array, x: jax.Array, weights: np.
 
 
 def _driven_step(carry, b, *, consts: RDDConstants, record: bool):
-  """Steps 2-5, 7 and 9-12 of :func:`pair_step` for the driven layer, from its input ``b``."""
+  """Steps 2, 3, 5, 7 and 9-12 of :func:`pair_step`: the driven layer, from its input ``b``."""
   cs = consts
   v, u, r, c, n_spk, u_max = carry
   dtype = v.dtype
@@ -387,7 +391,7 @@ def _post_step(carry, b, *, consts: RDDConstants):
 
 
 def _fit_chunk(rows, x, *, eta: float, row_capacity: int):
-  """Steps 8 and 10 on the fit rows for a chunk of at most ``window`` steps.
+  """Step 8 (the LMS step) and step 6's ``R_pre``, on the fit rows, for <= ``window`` steps.
 
   A unit's touches of its fit rows (the LMS step when a window ends, ``R_pre
   <- q`` when one opens afresh) are at least ``window`` steps apart, except
@@ -415,7 +419,7 @@ def _fit_chunk(rows, x, *, eta: float, row_capacity: int):
 
 def _pair_block(state: PairState, b: jax.Array, w_hat: jax.Array, *, consts: RDDConstants,
                 record: bool, row_capacity: int, unroll: int):
-  """``T`` steps of the pair from the driven layer's input ``b`` (``(T, n)``); see :func:`run_pair`."""
+  """T steps of the pair from the driven layer's input ``b``, ``(T, n)``; see :func:`run_pair`."""
   cs = consts
   dtype = state.v.dtype
   kappa = kernel(cs, np.float64)
@@ -431,12 +435,14 @@ def _pair_block(state: PairState, b: jax.Array, w_hat: jax.Array, *, consts: RDD
   q, s_ring = _weighted_history(state.s_ring, state.t, s, np.concatenate([[0.0], kappa]))
   r_sum, q_ring = _weighted_history(state.q_ring, state.t, q, np.ones(cs.window))
   t = b.shape[0]
-  chunk = max(c for c in range(1, min(cs.window, t) + 1) if t % c == 0)
-  per_chunk = lambda a: a.reshape(t // chunk, chunk, *a.shape[1:])
-  fit_rows, _ = jax.lax.scan(
-      functools.partial(_fit_chunk, eta=cs.eta, row_capacity=min(row_capacity, b.shape[1])),
-      state.fit_rows, tuple(map(per_chunk, (d["event"], d["fresh"], d["right"], d["x"], q,
-                                            r_sum / cs.window))))
+  chunk = min(cs.window, t)
+  n_chunks, rest = divmod(t, chunk)
+  fit = functools.partial(_fit_chunk, eta=cs.eta, row_capacity=min(row_capacity, b.shape[1]))
+  per_step = (d["event"], d["fresh"], d["right"], d["x"], q, r_sum / cs.window)
+  fit_rows, _ = jax.lax.scan(fit, state.fit_rows, tuple(
+      a[:n_chunks * chunk].reshape(n_chunks, chunk, *a.shape[1:]) for a in per_step))
+  if rest:  # a last, shorter chunk
+    fit_rows, _ = fit(fit_rows, tuple(a[n_chunks * chunk:] for a in per_step))
   total = lambda m: jnp.sum(m).astype(jnp.int32)
   st = state.counts
   counts = {
@@ -489,7 +495,7 @@ def run_pair(state: PairState, counts: jax.Array | None, w_hat_t: jax.Array, *,
     row_capacity: how many driven units' fit rows are updated together
       (gathered, updated and scattered back; more take further rounds; the
       result does not depend on it).
-    block: steps per block (when it divides ``T``; else all at once).
+    block: steps per block (the last one may be shorter).
 
   Returns:
     ``(state, records)``: ``records`` stacks the per-step records of
@@ -512,10 +518,16 @@ def run_pair(state: PairState, counts: jax.Array | None, w_hat_t: jax.Array, *,
 
   xs = counts if basal is None else basal
   t = xs.shape[0]
-  size = block if t % block == 0 else t
-  state, rec = jax.lax.scan(run_block, state, xs.reshape(t // size, size, *xs.shape[1:]))
+  size = min(block, t)
+  n_blocks, rest = divmod(t, size)
+  state, rec = jax.lax.scan(run_block, state,
+                            xs[:n_blocks * size].reshape(n_blocks, size, *xs.shape[1:]))
   if rec is not None:
-    rec = jax.tree.map(lambda r: r.reshape(t, *r.shape[2:]), rec)
+    rec = jax.tree.map(lambda r: r.reshape(n_blocks * size, *r.shape[2:]), rec)
+  if rest:  # a last, shorter block
+    state, last = run_block(state, xs[n_blocks * size:])
+    if rec is not None:
+      rec = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), rec, last)
   return state, rec
 
 
@@ -814,9 +826,10 @@ def weight_mirror(net, *, mirror_lr: float = 0.01, decay: float = 0.0, noise_sca
   """Weight mirror (Akrout et al., NeurIPS 2019): FA whose feedback learns from noise.
 
   After every optimiser step ("mirror mode"), each layer ``l`` with a
-  feedback kernel gets a batch of ``noise_batch`` inputs ``x = noise_scale *
-  (U[0, 1) - 1/2)`` (zero mean, variance ``s^2 = noise_scale^2 / 12``), responds
-  linearly, ``y = W_l x`` (the layer's operator, no bias), and::
+  feedback kernel (only the fully connected ones with ``mirror_conv=False``)
+  gets a batch of ``noise_batch`` inputs ``x = noise_scale * (U[0, 1) - 1/2)``
+  (zero mean, variance ``s^2 = noise_scale^2 / 12``), responds linearly,
+  ``y = W_l x`` (the layer's operator, no bias), and::
 
       B_l <- B_l + mirror_lr * sum_batch x y^T - decay * B_l
 

@@ -81,7 +81,7 @@ def get_config(arg: str = "fashion_mnist,rdd"):
     # Akrout et al.'s reference: noise 0.1 (U - 1/2), B += 0.01 sum x y^T per batch of 128,
     # N_train // 128 noise batches first, no effective decay.
     c.rule.update(dict(mirror_lr=0.01, decay=0.0, noise_scale=0.1, noise_batch=128,
-                       init_batches=60_000 // 128, mirror_conv=dataset == "mnist_fc"))
+                       init_batches=60_000 // 128, mirror_conv=False))  # fc layers only
   if "runlocal" in extra:
     c.num_epochs = 1
   return c
