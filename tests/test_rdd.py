@@ -77,6 +77,7 @@ def test_golden_trace_parity(name, row_capacity):
       assert np.max(np.abs(np.stack(ys) - d["yupd_Y_after"])) <= 1e-12
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_blocked_run_equals_single_steps():
   """run_pair's passes (blocks of 350 + a rest of 250; fits per chunk) equal pair_step's steps."""
   with jax.enable_x64(True):
@@ -304,6 +305,7 @@ def test_alignment_of_a_100_to_10_pair_matches_the_authors_code():
   assert np.all(np.diff(angle, axis=1) < 0)  # the angle falls at every Y update
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_legacy_double_softmax_is_a_second_softmax():
   """The authors' output layer: the net outputs softmax(z), and the CE normalises it again."""
   from jaxbio import build  # pylint: disable=g-import-not-at-top
