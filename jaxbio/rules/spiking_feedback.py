@@ -346,6 +346,18 @@ def _weighted_history(ring: jax.Array, t0: jax.Array, x: jax.Array, weights: np.
   return y, new_ring
 
 
+def _euler(x: jax.Array, b: jax.Array, cs: RDDConstants) -> jax.Array:
+  """One Euler step of a LIF potential with basal input ``b`` (step 5 / 13)."""
+  return x + cs.dt * (-cs.g_l * x + cs.g_d * (b - x))
+
+
+def _fire(v: jax.Array, r: jax.Array, cs: RDDConstants):
+  """Step 7 / 13: fire where ``v >= theta`` and ``r == 0``; reset ``v`` and ``r`` there."""
+  fire = (v >= cs.theta) & (r == 0)
+  return (jnp.where(fire, jnp.asarray(cs.v_reset, v.dtype), v),
+          jnp.where(fire, cs.refractory, r), fire)
+
+
 def _driven_step(carry, b, *, consts: RDDConstants, record: bool):
   """Steps 2, 3, 5, 7 and 9-12 of :func:`pair_step`: the driven layer, from its input ``b``."""
   cs = consts
@@ -356,11 +368,8 @@ def _driven_step(carry, b, *, consts: RDDConstants, record: bool):
   ending = c_start == 1
   u_max = jnp.where(c_start > 0, jnp.maximum(u_max, u), u_max)
   r = jnp.maximum(r - 1, 0)
-  v = v + cs.dt * (-cs.g_l * v + cs.g_d * (b - v))
-  u = u + cs.dt * (-cs.g_l * u + cs.g_d * (b - u))
-  fire = (v >= theta) & (r == 0)
-  v = jnp.where(fire, jnp.asarray(cs.v_reset, dtype), v)
-  r = jnp.where(fire, cs.refractory, r)
+  v, u = _euler(v, b, cs), _euler(u, b, cs)
+  v, r, fire = _fire(v, r, cs)
   event = ending & (jnp.abs(u_max - theta) <= cs.u_window)
   right = n_spk >= 1
   c = jnp.maximum(c_start - 1, 0)
@@ -382,11 +391,7 @@ def _post_step(carry, b, *, consts: RDDConstants):
   """Step 13 of :func:`pair_step`: the post layer, from its input ``b``."""
   cs = consts
   v, r = carry
-  r = jnp.maximum(r - 1, 0)
-  v = v + cs.dt * (-cs.g_l * v + cs.g_d * (b - v))
-  fire = (v >= cs.theta) & (r == 0)
-  v = jnp.where(fire, jnp.asarray(cs.v_reset, v.dtype), v)
-  r = jnp.where(fire, cs.refractory, r)
+  v, r, fire = _fire(_euler(v, b, cs), jnp.maximum(r - 1, 0), cs)
   return (v, r), (fire, v, r)
 
 
