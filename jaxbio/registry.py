@@ -155,6 +155,12 @@ class DatasetSpec:
     std: Per-channel pixel standard deviation, in ``[0, 1]`` pixel units.
     train_split: Name of the training split.
     test_split: Name of the held-out split used for evaluation.
+    streamed: Whether the decoded dataset is too large for host memory. A
+      streamed split keeps only its labels in memory; its images are decoded
+      from disk batch by batch (:class:`jaxbio.data.StreamedImages`), and the
+      trainer needs ``data_placement='host'``.
+    resize: Whether the records hold images of varying size, resized on
+      decoding to ``image_shape`` (bilinear, both sides, aspect not kept).
   """
 
   name: str
@@ -164,6 +170,8 @@ class DatasetSpec:
   std: tuple[float, ...]
   train_split: str = "train"
   test_split: str = "test"
+  streamed: bool = False
+  resize: bool = False
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -184,6 +192,12 @@ DATASETS: dict[str, DatasetSpec] = {
             "imagenet_resized/32x32", 1000, (32, 32, 3),
             (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
             test_split="validation"),
+        # ILSVRC-2012 at 224 x 224 (Bartunov et al. 2018 resize every image to
+        # it); 1.28 M training images, about 190 GB decoded: streamed.
+        DatasetSpec(
+            "imagenet2012", 1000, (224, 224, 3),
+            (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+            test_split="validation", streamed=True, resize=True),
     )
 }
 
@@ -217,6 +231,10 @@ def validate(config) -> None:
     raise ValueError(f"config.checkpoint needs every_steps >= 0 and keep >= 1, got "
                      f"every_steps={ckpt.every_steps}, keep={ckpt.keep}")
   check_placement(config.get("data_placement", "device"))
+  if DATASETS[config.dataset.name].streamed and config.get("data_placement") != "host":
+    raise ValueError(f"dataset {config.dataset.name!r} is streamed from disk (it does not fit "
+                     f"in memory): it needs data_placement 'host', got "
+                     f"{config.get('data_placement', 'device')!r}")
   loop = config.get("chunk_loop", "while")
   if loop not in CHUNK_LOOPS:
     raise ValueError(f"unknown chunk_loop {loop!r}; valid choices: {', '.join(CHUNK_LOOPS)}")

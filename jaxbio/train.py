@@ -23,8 +23,10 @@ Ctrl-C save the current step and stop (:class:`Interrupted`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
+import operator
 import os
 import signal
 import time
@@ -237,6 +239,32 @@ class Action(NamedTuple):
             or (self.at_epoch_end and epoch_end) or (self.at_end and end))
 
 
+# Evaluation batches per host chunk of a streamed split.
+_EVAL_CHUNK_BATCHES = 8
+
+
+class _Prefetch:
+  """One chunk's host batches, decoded on a background thread ahead of use."""
+
+  def __init__(self):
+    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbio-prefetch")
+    self.idx, self.future = None, None
+
+  def start(self, idx: np.ndarray, load: Callable) -> None:
+    self.idx, self.future = idx, self.pool.submit(load, idx)
+
+  def take(self, idx: np.ndarray, load: Callable):
+    """``load(idx)``: the prefetched result if it was started for these indices."""
+    future, ahead = self.future, self.idx
+    self.idx = self.future = None
+    if future is not None and np.array_equal(ahead, idx):
+      return future.result()
+    return load(idx)
+
+  def close(self) -> None:
+    self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class _Run:
   """One run's state between chunks, and the loop over them."""
 
@@ -251,9 +279,15 @@ class _Run:
       # The split is on every device; each device gathers its slice of every batch
       # inside the compiled step.
       self.train_images, self.train_labels = self.put(train_ds.images), self.put(train_ds.labels)
-    self.test_images, self.test_labels = self.put(test_ds.images), self.put(test_ds.labels)
+    # A streamed split (too large for memory) is evaluated chunk by chunk instead
+    # (None here: see eval_sums); the training batches of the next chunk are
+    # decoded while the current one runs.
+    self.test_images, self.test_labels = self.whole_split(test_ds)
     if val_ds is not None:
-      self.val_images, self.val_labels = self.put(val_ds.images), self.put(val_ds.labels)
+      self.val_images, self.val_labels = self.whole_split(val_ds)
+    self.streamed = isinstance(train_ds.images, data.StreamedImages)
+    self.prefetch = _Prefetch() if self.streamed else None
+    self.perm_cache = (None, None)
     self.mesh = mesh
     self.compile()
     self.ckpt_every = config.checkpoint.every_steps or exp.steps_per_epoch
@@ -328,6 +362,24 @@ class _Run:
   def put(self, x):
     return jax.make_array_from_process_local_data(self.replicated, np.asarray(x))
 
+  def whole_split(self, ds):
+    """A split's images and labels on device, or ``(None, None)`` if it is streamed."""
+    if isinstance(ds.images, data.StreamedImages):
+      return None, None
+    return self.put(ds.images), self.put(ds.labels)
+
+  def eval_sums(self, evaluate, ds, images, labels):
+    """``evaluate(images, labels)``'s sums over a split: at once, or in chunks if streamed."""
+    if images is not None:
+      return evaluate(images, labels)
+    size = self.config.eval_batch_size * _EVAL_CHUNK_BATCHES
+    total = None
+    for start in range(0, len(ds.labels), size):
+      rows = np.arange(start, min(start + size, len(ds.labels)))
+      out = evaluate(self.put(ds.images[rows]), self.put(ds.labels[rows]))
+      total = out if total is None else jax.tree.map(operator.add, total, out)
+    return total
+
   def elapsed(self) -> float:
     return self.elapsed_before + time.time() - self.t_start
 
@@ -343,11 +395,37 @@ class _Run:
 
   def _host_batches(self, idx):
     """This process's slice of every batch of the chunk, as one global array."""
+    images, labels = (self.prefetch.take(idx, self._host_rows) if self.prefetch
+                      else self._host_rows(idx))
+    make = lambda a: jax.make_array_from_process_local_data(
+        self.rows_sharding, a, (idx.shape[0], self.config.batch_size) + a.shape[2:])
+    return make(images), make(labels)
+
+  def _host_rows(self, idx):
+    """This process's rows of every batch of the chunk (decoded, if streamed), on the host."""
     lo, hi = self.local_rows
     local = idx[:, lo:hi]
-    make = lambda a: jax.make_array_from_process_local_data(
-        self.rows_sharding, a[local], (idx.shape[0], self.config.batch_size) + a.shape[1:])
-    return make(self.train_ds.images), make(self.train_ds.labels)
+    return self.train_ds.images[local], self.train_ds.labels[local]
+
+  def permutation(self, epoch: int, p: int) -> np.ndarray:
+    """The data order of pass ``p`` of ``epoch``."""
+    if self.perm_cache[0] != (epoch, p):
+      self.perm_cache = ((epoch, p), np.asarray(data.epoch_permutation(
+          self.config.seed, epoch * len(self.exp.passes) + p, len(self.train_ds.labels))))
+    return self.perm_cache[1]
+
+  def chunk_indices(self, step: int):
+    """``(pass, steps, idx, last batch's rows)`` of the chunk that starts at ``step``.
+
+    ``idx`` is ``(steps_per_call, batch)``, padded past ``steps`` with row 0.
+    """
+    exp, bs = self.exp, self.config.batch_size
+    epoch, p, pos = exp.position(step)
+    perm = self.permutation(epoch, p)
+    n = self.chunk_length(pos, step)
+    idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
+    idx = np.pad(idx, ((0, self.config.steps_per_call - n), (0, 0)))  # fixed shape: one compilation.
+    return p, n, idx, perm[(pos + n - 1) * bs:(pos + n) * bs]
 
   # -- The loop.
 
@@ -367,6 +445,8 @@ class _Run:
         self.ckpt.wait()
         latest = self.ckpt.latest_step()
     finally:
+      if self.prefetch:
+        self.prefetch.close()
       self.writers.close()
       self.ckpt.close()
     if self.primary:
@@ -377,31 +457,29 @@ class _Run:
     _summary(self.config, self.metrics_path, self.shown, self.step - self.steps_at_start,
              train_s, wall_s, latest)
 
-  def chunk_length(self, pos: int) -> int:
-    """Steps of the next chunk: up to the pass's end or the next due action."""
+  def chunk_length(self, pos: int, step: int | None = None) -> int:
+    """Steps of the chunk at ``step`` (default: now): up to the pass's end or the next due action."""
+    step = self.step if step is None else step
     n = min(self.config.steps_per_call, self.exp.steps_per_pass - pos)
     for action in self.actions:
       if action.every:
-        n = min(n, action.every - self.step % action.every)
+        n = min(n, action.every - step % action.every)
     return n
 
   def train_chunk(self) -> None:
-    exp, config, bs = self.exp, self.config, self.config.batch_size
-    epoch, p, pos = exp.position(self.step)
+    exp = self.exp
     if self.step % exp.steps_per_epoch == 0:  # kept until here, so the epoch-end checkpoint holds them.
       self.loop_state.update(epoch_sums={}, epoch_steps={})
     passes = len(exp.passes)
-    perm = np.asarray(data.epoch_permutation(config.seed, epoch * passes + p,
-                                             len(self.train_ds.labels)))
-    n = self.chunk_length(pos)
-    idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
-    self.chunk_rows = perm[(pos + n - 1) * bs:(pos + n) * bs]  # the chunk's last batch.
-    idx = np.pad(idx, ((0, config.steps_per_call - n), (0, 0)))  # fixed shape: one compilation.
+    p, n, idx, self.chunk_rows = self.chunk_indices(self.step)  # rows: the chunk's last batch.
     images, labels = ((self.train_images, self.train_labels) if self.placement == "device"
                       else self._host_batches(idx))
     first = self.loop_state["first_loss"].get(str(p))
     out = self.chunks[p](self.state, images, labels, self.put(idx), self.put(np.int32(n)),
                          self.put(np.float32(np.nan if first is None else first)))
+    if self.prefetch and self.step + n < exp.total_steps:  # decoded while this chunk runs.
+      next_idx = self.chunk_indices(self.step + n)[2]
+      self.prefetch.start(next_idx, self._host_rows)
     self.state = out.state
     if first is None and math.isfinite(float(out.first_loss)):
       self.loop_state["first_loss"][str(p)] = float(out.first_loss)
@@ -487,8 +565,8 @@ class _Run:
 
   def end_of_epoch(self) -> None:
     exp, lp = self.exp, self.loop_state
-    loss_sum, correct = self.eval_fn(self.state.params, self.state.net_state,
-                                     self.state.rule_state, self.test_images, self.test_labels)
+    loss_sum, correct = self.eval_sums(self.evaluate, self.test_ds, self.test_images,
+                                       self.test_labels)
     n_test = len(self.test_ds.labels)
     sums, counts = lp["epoch_sums"], lp["epoch_steps"]
     record = {"epoch": self.step // exp.steps_per_epoch,
@@ -513,12 +591,16 @@ class _Run:
     self.writers.write(self.step, record)
     self.record = record
 
+  def evaluate(self, images, labels):
+    return self.eval_fn(self.state.params, self.state.net_state, self.state.rule_state,
+                        images, labels)
+
   def validation(self) -> dict[str, float]:
     """Loss, accuracy and error on ``dataset.validation_split`` (empty without one)."""
     if self.val_ds is None:
       return {}
-    loss_sum, correct = self.eval_fn(self.state.params, self.state.net_state,
-                                     self.state.rule_state, self.val_images, self.val_labels)
+    loss_sum, correct = self.eval_sums(self.evaluate, self.val_ds, self.val_images,
+                                       self.val_labels)
     n = len(self.val_ds.labels)
     return {"val/loss": float(loss_sum) / n, "val/accuracy": float(correct) / n,
             "val/error_pct": 100.0 * (1 - float(correct) / n)}

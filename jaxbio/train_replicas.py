@@ -93,8 +93,12 @@ class ReplicaRun(_Run):
     shape = lambda *s, dtype: jax.ShapeDtypeStruct(s, dtype)
     r, bs, spec = plan.size, config.batch_size, exp.dataset
     s = self.state
+    test_images, test_labels = (  # a streamed split is evaluated in chunks: trace one.
+        (self.test_images, self.test_labels) if self.test_images is not None else
+        (shape(config.eval_batch_size, *spec.image_shape, dtype=np.uint8),
+         shape(config.eval_batch_size, dtype=np.int32)))
     _guarded(plan, lambda: jax.eval_shape(self.eval_fn, self.values, s.params, s.net_state,
-                                          s.rule_state, self.test_images, self.test_labels))
+                                          s.rule_state, test_images, test_labels))
     _guarded(plan, lambda: jax.eval_shape(
         self.periodic_fn, self.values, s, shape(r, bs, *spec.image_shape, dtype=np.uint8),
         shape(r, bs, dtype=np.int32), shape(r, 2, dtype=np.uint32)))
@@ -237,18 +241,21 @@ class ReplicaRun(_Run):
     self.loop_state["last_align"] = [{k: float(np.asarray(v)[r]) for k, v in out.items()}
                                      for r in range(self.plan.size)]
 
-  def _evaluate(self, images, labels, n: int) -> tuple[np.ndarray, np.ndarray]:
-    loss_sum, correct = self.eval_fn(self.values, self.state.params, self.state.net_state,
-                                     self.state.rule_state, images, labels)
+  def evaluate(self, images, labels):
+    return self.eval_fn(self.values, self.state.params, self.state.net_state,
+                        self.state.rule_state, images, labels)
+
+  def _evaluate(self, ds, images, labels) -> tuple[np.ndarray, np.ndarray]:
+    loss_sum, correct = self.eval_sums(self.evaluate, ds, images, labels)
+    n = len(ds.labels)
     return np.asarray(loss_sum, np.float64) / n, np.asarray(correct, np.float64) / n
 
   def end_of_epoch(self) -> None:
     exp, lp, plan = self.exp, self.loop_state, self.plan
-    test_loss, test_acc = self._evaluate(self.test_images, self.test_labels,
-                                         len(self.test_ds.labels))
+    test_loss, test_acc = self._evaluate(self.test_ds, self.test_images, self.test_labels)
     val = None
     if self.val_ds is not None:
-      val = self._evaluate(self.val_images, self.val_labels, len(self.val_ds.labels))
+      val = self._evaluate(self.val_ds, self.val_images, self.val_labels)
     sums, counts = lp["epoch_sums"], lp["epoch_steps"]
     epoch = self.step // exp.steps_per_epoch
     common = {"time/elapsed_s": self.elapsed(),

@@ -13,6 +13,8 @@ ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc",
         for r in bartunov.RULES] +
        [(bartunov, f"{d},{a},{r},parallel") for d in ("mnist", "cifar10") for a in ("fc", "lc")
         for r in bartunov.TP_RULES] +
+       [(bartunov, f"imagenet,{a}") for a in ("lc,dtp", "lc,dtp,parallel", "lc,sdtp,parallel",
+                                              "lc,fa", "lc,bp", "conv,bp")] +
        [(hep_fmnist, a) for a in ("table1,1,0.05", "table1,4,0.5", "online", "fig3,bptt,45",
                                   "fig3,hep,90", "fig4_reciprocal,0", "fig4_reciprocal,1.0",
                                   "fig4_loop,0.1")] +

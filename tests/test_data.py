@@ -100,18 +100,77 @@ def test_mocked_load_shapes_and_records(name, tmp_path):
     source = tfds.data_source(name, split=spec.train_split, download=False)
     expected = [source[i] for i in range(_MOCK_EXAMPLES)]
     info = tfds.builder(name).info
+  images = ds.images[np.arange(_MOCK_EXAMPLES)] if spec.streamed else ds.images
   np.testing.assert_array_equal(
-      ds.images, np.stack([ex['image'] for ex in expected]))
+      images, np.stack([data.decode_image(ex['image'], spec) for ex in expected]))
+  if not spec.resize:
+    np.testing.assert_array_equal(images, np.stack([ex['image'] for ex in expected]))
   np.testing.assert_array_equal(
       ds.labels, np.array([ex['label'] for ex in expected]))
   assert info.features['label'].num_classes == spec.num_classes
-  assert info.features['image'].shape == spec.image_shape
+  if spec.resize:  # records of any size, resized on decoding
+    assert info.features['image'].shape == (None, None, spec.image_shape[-1])
+  else:
+    assert info.features['image'].shape == spec.image_shape
+
+
+def test_streamed_split_decodes_the_same_images_as_a_full_load():
+  root = _real_dir()
+  full = data.load('mnist', 'test[:3000]', root)
+  streamed = data.load_streamed('mnist', 'test[:3000]', root, cache=False)
+  assert isinstance(streamed.images, data.StreamedImages)
+  assert streamed.images.shape == full.images.shape and len(streamed.images) == 3000
+  np.testing.assert_array_equal(streamed.labels, full.labels)
+  idx = np.random.default_rng(0).integers(0, 3000, (3, 64))
+  idx[0, :2] = (0, 2999)
+  np.testing.assert_array_equal(streamed.images[idx], full.images[idx])
+  np.testing.assert_array_equal(streamed.images[10:20], full.images[10:20])
+  np.testing.assert_array_equal(streamed.images[[-1]], full.images[[-1]])
+  assert streamed.images[np.zeros((0,), np.int32)].shape == (0, 28, 28, 1)
+  with pytest.raises(IndexError, match='3000 images'):
+    streamed.images[[3000]]
+  with pytest.raises(TypeError, match='streamed from disk'):
+    np.asarray(streamed.images)
+
+
+def test_streamed_labels_are_cached(tmp_path, monkeypatch):
+  root = _real_dir()
+  monkeypatch.setenv(data.pipeline.CACHE_DIR_ENV, str(tmp_path))
+  first = data.load_streamed('mnist', 'test[:500]', root)
+  files = list(tmp_path.glob('mnist-test_500_-labels-*.npz'))
+  assert len(files) == 1
+  with np.load(files[0]) as npz:
+    assert sorted(npz.files) == ['key', 'labels']
+    np.testing.assert_array_equal(npz['labels'], first.labels)
+  again = data.load_streamed('mnist', 'test[:500]', root)
+  np.testing.assert_array_equal(again.labels, first.labels)
+
+
+def test_decode_image_resizes_and_checks_shapes():
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  spec = data.DATASETS['imagenet2012']
+  assert spec.image_shape == (224, 224, 3) and spec.resize and spec.streamed
+  flat = np.zeros((30, 50, 3), np.uint8) + np.array([10, 200, 77], np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(flat).save(buf, format='PNG')
+  for image in (flat, buf.getvalue()):  # a constant image stays constant
+    out = data.decode_image(image, spec)
+    assert out.shape == (224, 224, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.broadcast_to(flat[0, 0], out.shape))
+  ramp = np.tile(np.arange(0, 250, 5, dtype=np.uint8)[None, :, None], (224, 1, 3))
+  out = data.decode_image(ramp, spec)  # 50 -> 224 columns: a monotone ramp still
+  assert np.all(np.diff(out[0, :, 0].astype(int)) >= 0) and out[0, 0, 0] < 10 < 240 < out[0, -1, 0]
+  gray = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
+  np.testing.assert_array_equal(data.decode_image(gray, data.DATASETS['mnist']), gray)
+  with pytest.raises(ValueError, match="'mnist' decoded to an image of size 20x28; expected 28x28"):
+    data.decode_image(gray[:20], data.DATASETS['mnist'])
 
 
 def test_specs_are_consistent():
   assert sorted(data.DATASETS) == sorted([
       'mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'svhn_cropped',
-      'imagenet_resized/32x32'])
+      'imagenet_resized/32x32', 'imagenet2012'])
   for name, spec in data.DATASETS.items():
     assert spec.name == name
     assert len(spec.mean) == len(spec.std) == spec.image_shape[-1]

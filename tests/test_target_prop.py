@@ -439,9 +439,11 @@ def test_table3_networks_and_inverse_parameter_counts():
   from jaxbio import train  # pylint: disable=g-import-not-at-top
   from launch.configs import bartunov  # pylint: disable=g-import-not-at-top
   counts = {("mnist", "fc"): 466_698, ("mnist", "lc"): 4_191_562,
-            ("cifar10", "fc"): 5_256_202, ("cifar10", "lc"): 50_039_818}
+            ("cifar10", "fc"): 5_256_202, ("cifar10", "lc"): 50_039_818,
+            ("imagenet", "lc"): 259_859_368}
   for (dataset, arch), want in counts.items():
-    exp = train.build_experiment(bartunov.get_config(f"{dataset},{arch},sdtp"), 1280)
+    rule = "sdtp,parallel" if dataset == "imagenet" else "sdtp"  # Table 2's ImageNet rows
+    exp = train.build_experiment(bartunov.get_config(f"{dataset},{arch},{rule}"), 1280)
     params = jax.eval_shape(exp.net.init, jax.random.key(0))[0]
     assert nets.num_params(params) == want, (dataset, arch)
     state = jax.eval_shape(exp.rule.init, jax.random.key(1), params)

@@ -7,6 +7,12 @@ after that runs on the accelerator as pure, jit-able ``jax.numpy`` code:
 :func:`epoch_permutation` for shuffling, :func:`random_crop_flip` for
 augmentation and :func:`normalize` for scaling.
 
+A dataset too large for host memory (ImageNet at 224 x 224: its spec says
+``streamed``) keeps only its labels in memory; its images are a
+:class:`StreamedImages`, which decodes the records an index names, from disk,
+when it is indexed (a thread pool decodes and resizes), and the trainer feeds
+it batch by batch (``data_placement='host'``).
+
 Decoding MNIST takes seconds to minutes, so :func:`load` caches the decoded
 arrays: one uncompressed ``.npz`` file per (dataset, prepared version, split,
 data directory) in ``$JAXBIO_CACHE_DIR``, else
@@ -28,9 +34,11 @@ Example::
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging as std_logging
 import os
@@ -45,6 +53,7 @@ from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import tensorflow_datasets as tfds
 
 from jaxbio.registry import DATASETS, NORMALIZE_MODES, DatasetSpec  # noqa: F401  (re-exported)
@@ -65,10 +74,12 @@ class DatasetNotFoundError(ValueError):
 
 
 class ArrayDataset(NamedTuple):
-  """One split of a dataset, fully decoded into host memory.
+  """One split of a dataset: its labels in host memory, and its images.
 
   Attributes:
-    images: ``uint8`` array of shape ``(N, H, W, C)``.
+    images: ``uint8`` array of shape ``(N, H, W, C)``, fully decoded; for a
+      streamed dataset (``spec.streamed``), a :class:`StreamedImages` of that
+      shape, which decodes the records it is indexed with.
     labels: ``int32`` array of shape ``(N,)``.
     spec: The dataset's :class:`DatasetSpec`.
     split: The TFDS split string that was loaded, e.g. ``'train[:90%]'``.
@@ -198,6 +209,8 @@ def load(
     DatasetNotFoundError: If the dataset is not prepared in the directory.
   """
   spec = get_spec(name)
+  if spec.streamed:
+    return load_streamed(name, split, data_dir, cache=cache)
   if not isinstance(split, str) or not split:
     raise ValueError(
         f'split must be a non-empty TFDS split string such as '
@@ -219,11 +232,141 @@ def load(
   return ArrayDataset(images=images, labels=labels, spec=spec, split=split)
 
 
-def _open_source(spec: DatasetSpec, split: str, root: str) -> Sequence[Any]:
-  """Opens a TFDS data source, turning failures into one-line errors."""
+class StreamedImages:
+  """A split's images, decoded from disk when indexed: ``images[idx]``.
+
+  It stands in for the ``(N, H, W, C)`` uint8 array of a split too large to
+  decode into memory. Indexing with an integer array of any shape (or a
+  slice) reads those records, decodes their encoded images on a thread pool,
+  resizes them to the spec's ``(H, W)`` if the spec says ``resize`` (bilinear,
+  with antialiasing, both sides: the aspect ratio is not kept) and returns a
+  uint8 array of shape ``idx.shape + (H, W, C)``. Converting the whole split
+  with ``np.asarray`` is refused: it would not fit in memory.
+
+  Attributes:
+    shape: ``(N, H, W, C)``.
+    dtype: ``uint8``.
+  """
+
+  def __init__(self, source: Sequence[Any], spec: DatasetSpec, threads: int | None = None):
+    self._source, self._spec = source, spec
+    self.shape = (len(source), *spec.image_shape)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = len(self.shape)
+    self._threads = threads or min(32, os.cpu_count() or 1)
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __array__(self, dtype=None, copy=None):
+    raise TypeError(
+        f'the images of {self._spec.name!r} are streamed from disk (about '
+        f'{self.shape[0] * int(np.prod(self.shape[1:])) / 2**30:.0f} GiB decoded); '
+        'index them with the rows you need, e.g. images[rows]')
+
+  def __getitem__(self, idx) -> np.ndarray:
+    if isinstance(idx, slice):
+      idx = np.arange(len(self))[idx]
+    idx = np.asarray(idx)
+    if idx.dtype.kind not in 'iu':
+      raise TypeError(f'StreamedImages takes integer indices or a slice, got {idx.dtype}')
+    flat = idx.reshape(-1)
+    if flat.size and (flat.min() < -len(self) or flat.max() >= len(self)):
+      raise IndexError(f'index out of range for {len(self)} images')
+    flat = np.where(flat < 0, flat + len(self), flat)
+    out = np.empty((flat.size, *self._spec.image_shape), np.uint8)
+    if flat.size:
+      records = self._source.__getitems__([int(i) for i in flat])
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads)
+      def decode_into(i):
+        out[i] = decode_image(records[i]['image'], self._spec)
+      list(self._pool.map(decode_into, range(flat.size)))
+    return out.reshape(idx.shape + self._spec.image_shape)
+
+
+def decode_image(image: Any, spec: DatasetSpec) -> np.ndarray:
+  """One record's image as a uint8 ``spec.image_shape`` array.
+
+  Args:
+    image: Encoded image bytes (JPEG, PNG), or an already decoded array.
+    spec: The dataset's spec: its image shape, and whether to resize to it.
+
+  Returns:
+    The ``(H, W, C)`` uint8 image.
+
+  Raises:
+    ValueError: If the image does not have the spec's shape and the spec
+      does not resize.
+  """
+  height, width, channels = spec.image_shape
+  if isinstance(image, (bytes, bytearray)):
+    pil = Image.open(io.BytesIO(image))
+  else:
+    array = np.asarray(image)
+    if array.shape == spec.image_shape and array.dtype == np.uint8:
+      return array
+    pil = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1
+                          else array)
+  pil = pil.convert('L' if channels == 1 else 'RGB')
+  if pil.size != (width, height):
+    if not spec.resize:
+      raise ValueError(
+          f'dataset {spec.name!r} decoded to an image of size {pil.size[1]}x{pil.size[0]}; '
+          f'expected {height}x{width}')
+    pil = pil.resize((width, height), Image.Resampling.BILINEAR)
+  return np.asarray(pil, np.uint8).reshape(spec.image_shape)
+
+
+def load_streamed(
+    name: str, split: str, data_dir: str | None = None, *, cache: bool = True
+) -> ArrayDataset:
+  """Opens one split with its labels in memory and its images streamed.
+
+  The labels are read in one pass over the records without decoding the
+  images (and cached like :func:`load`'s arrays); the images are a
+  :class:`StreamedImages` over the same records. :func:`load` calls this for
+  a dataset whose spec says ``streamed``; it works for any dataset.
+
+  Args:
+    name: A key of :data:`DATASETS`.
+    split: A TFDS split string.
+    data_dir: Data directory, resolved by :func:`resolve_data_dir`.
+    cache: Whether to read and write the label cache.
+
+  Returns:
+    An :class:`ArrayDataset` whose ``images`` is a :class:`StreamedImages`.
+  """
+  spec = get_spec(name)
+  if not isinstance(split, str) or not split:
+    raise ValueError(
+        f'split must be a non-empty TFDS split string such as '
+        f"{spec.train_split!r} or '{spec.train_split}[:90%]', got {split!r}")
+  root = resolve_data_dir(data_dir)
+  source = _open_source(spec, split, root, skip_image_decoding=True)
+  path, key = _cache_entry(spec, split, root, source, labels_only=True) if cache else (None, None)
+  labels = _read_cache(path, key, spec, len(source), labels_only=True) if path else None
+  if labels is None:
+    labels = np.empty((len(source),), np.int32)
+    for start in range(0, len(source), _DEFAULT_CHUNK_SIZE):
+      stop = min(start + _DEFAULT_CHUNK_SIZE, len(source))
+      labels[start:stop] = _stack_labels(source.__getitems__(list(range(start, stop))), spec)
+    if path:
+      _write_cache(path, key, None, labels)
+  return ArrayDataset(images=StreamedImages(source, spec), labels=labels, spec=spec, split=split)
+
+
+def _open_source(spec: DatasetSpec, split: str, root: str,
+                 skip_image_decoding: bool = False) -> Sequence[Any]:
+  """Opens a TFDS data source, turning failures into one-line errors.
+
+  With ``skip_image_decoding``, records hold their images' encoded bytes.
+  """
+  decoders = {'image': tfds.decode.SkipDecoding()} if skip_image_decoding else None
   try:
     source = tfds.data_source(
-        spec.name, split=split, data_dir=root, download=False)
+        spec.name, split=split, data_dir=root, download=False, decoders=decoders)
     len(source)  # Split slicing is resolved lazily; surface its errors here.
     return source
   except Exception as err:  # pylint: disable=broad-except
@@ -328,7 +471,7 @@ def _stack_labels(records: Sequence[dict], spec: DatasetSpec) -> np.ndarray:
 
 
 def _cache_entry(
-    spec: DatasetSpec, split: str, root: str, source: Any
+    spec: DatasetSpec, split: str, root: str, source: Any, labels_only: bool = False
 ) -> tuple[str | None, str | None]:
   """Returns the cache file path and key for one load, or ``(None, None)``.
 
@@ -352,9 +495,11 @@ def _cache_entry(
       'data_dir': os.path.abspath(root),
       'version_dir': version_dir,
       'files': files,
+      **({'labels_only': True} if labels_only else {}),
   }, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-  prefix = re.sub(r'[^A-Za-z0-9._-]+', '_', f'{spec.name}-{split}')
+  prefix = re.sub(r'[^A-Za-z0-9._-]+', '_',
+                  f'{spec.name}-{split}' + ('-labels' if labels_only else ''))
   return os.path.join(cache_dir, f'{prefix}-{digest}.npz'), key
 
 
@@ -377,19 +522,25 @@ def _fingerprint(version_dir: str) -> list[list[Any]] | None:
 
 
 def _read_cache(
-    path: str, key: str, spec: DatasetSpec, n: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-  """Loads a cache file, or returns ``None`` (warning if it is unusable)."""
+    path: str, key: str, spec: DatasetSpec, n: int, labels_only: bool = False
+) -> Any:
+  """Loads a cache file, or returns ``None`` (warning if it is unusable).
+
+  Returns ``(images, labels)``, or only the labels with ``labels_only``.
+  """
   if not os.path.exists(path):
     return None
+  arrays = ('labels', 'key') if labels_only else _CACHE_ARRAYS
   try:
     with np.load(path, allow_pickle=False) as npz:
-      if sorted(npz.files) != sorted(_CACHE_ARRAYS):
+      if sorted(npz.files) != sorted(arrays):
         raise ValueError(f'arrays {sorted(npz.files)}')
       if str(npz['key']) != key:
         raise ValueError('key mismatch')
-      images, labels = npz['images'], npz['labels']
-    if images.dtype != np.uint8 or images.shape != (n, *spec.image_shape):
+      images = None if labels_only else npz['images']
+      labels = npz['labels']
+    if not labels_only and (images.dtype != np.uint8
+                            or images.shape != (n, *spec.image_shape)):
       raise ValueError(f'images {images.dtype}{list(images.shape)}')
     if labels.dtype != np.int32 or labels.shape != (n,):
       raise ValueError(f'labels {labels.dtype}{list(labels.shape)}')
@@ -400,13 +551,13 @@ def _read_cache(
         'jaxbio data: ignoring unreadable dataset cache file %s (%s: %s); '
         'decoding again', path, type(err).__name__, err)
     return None
-  return images, labels
+  return labels if labels_only else (images, labels)
 
 
 def _write_cache(
-    path: str, key: str, images: np.ndarray, labels: np.ndarray
+    path: str, key: str, images: np.ndarray | None, labels: np.ndarray
 ) -> None:
-  """Writes a cache file atomically; warns once per directory on failure."""
+  """Writes a cache file atomically (``images=None``: labels only); warns once per directory on failure."""
   cache_dir = os.path.dirname(path)
   tmp = None
   try:
@@ -414,7 +565,8 @@ def _write_cache(
     fd, tmp = tempfile.mkstemp(
         dir=cache_dir, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
     with os.fdopen(fd, 'wb') as f:
-      np.savez(f, images=images, labels=labels, key=np.array(key))
+      arrays = {} if images is None else {'images': images}
+      np.savez(f, **arrays, labels=labels, key=np.array(key))
     os.replace(tmp, path)
     tmp = None
   except Exception as err:  # pylint: disable=broad-except

@@ -27,9 +27,27 @@ def _fake_getitems(record_keys, generator, serialized=False):
   return [generator[key] for key in record_keys]
 
 
+_real_fake_data_components = mocking._get_fake_data_components  # pylint: disable=protected-access
+
+
+def _decoded_fake_data_components(decoders, features, deserialize_method=None):
+  """Serves decoded examples even when the reader asks for undecoded images.
+
+  With a decoder such as ``SkipDecoding`` (how :func:`jaxbio.data.load_streamed`
+  reads a streamed dataset), the mock encodes its generated examples with
+  TensorFlow, which jaxbio does not need. The generated images are served
+  decoded instead; :func:`jaxbio.data.decode_image` takes arrays as well as
+  encoded bytes.
+  """
+  del decoders
+  return _real_fake_data_components(None, features, deserialize_method)
+
+
 @contextlib.contextmanager
 def mock_data(num_examples: int):
   """``tfds.testing.mock_data`` with batched reads repaired (see above).
+
+  Images are always served decoded (see :func:`_decoded_fake_data_components`).
 
   ``MockPolicy.USE_CODE`` builds the dataset info from the TFDS code, with no
   metadata files and no TensorFlow (the pip package ships no metadata folder,
@@ -38,5 +56,6 @@ def mock_data(num_examples: int):
   """
   with tfds.testing.mock_data(
       num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
-  ), mock.patch.object(mocking, '_getitems', _fake_getitems):
+  ), mock.patch.object(mocking, '_getitems', _fake_getitems), mock.patch.object(
+      mocking, '_get_fake_data_components', _decoded_fake_data_components):
     yield

@@ -2,7 +2,10 @@
 
 Usage: ``--config=launch/configs/bartunov.py:<dataset>,<arch>,<rule>[,<schedule>][,runlocal]``
 
-* dataset: ``mnist`` or ``cifar10``;
+* dataset: ``mnist``, ``cifar10`` or ``imagenet`` (ILSVRC-2012 resized to
+  224x224, TFDS ``imagenet2012``, which users prepare themselves; ``lc`` and
+  ``conv`` only, with the rules of Table 2: ``dtp`` in both schedules,
+  ``sdtp,parallel``, ``fa`` and ``bp``);
 * arch: ``fc`` (fully connected), ``lc`` (locally connected, no pooling) or
   ``conv`` (the same geometry with shared weights: the paper's "BP ConvNet");
 * rule: ``bp``, ``fa``, ``dfa`` (Table 5 optima), or ``kp``, ``sign_symmetry``
@@ -49,7 +52,15 @@ _ARCH = {
     ("cifar10", "fc"): dict(arch="mlp", widths=(1024,) * 3),
     ("cifar10", "lc"): dict(arch="lcnet", convs=((64, 5, 2), (128, 5, 2), (256, 3, 1)),
                             dense=(1024,)),
+    # (out-channels, kernel, stride) per layer, 224 -> 56 -> 28 -> 28 -> 14 -> 14 -> 7 -> 7,
+    # straight into the 1000-way softmax: 259,859,368 forward parameters.
+    ("imagenet", "lc"): dict(arch="lcnet", convs=((48, 9, 4), (48, 3, 2), (96, 5, 1), (96, 3, 2),
+                                                 (192, 3, 1), (192, 3, 2), (384, 3, 1)),
+                             dense=()),
 }
+
+# Config dataset names -> jaxbio dataset names.
+_DATASETS = {"mnist": "mnist", "cifar10": "cifar10", "imagenet": "imagenet2012"}
 
 # Table 5: (learning rate, beta2, epsilon). "conv" is the BP ConvNet column.
 _ADAM = {
@@ -67,6 +78,9 @@ _ADAM = {
     ("cifar10", "conv", "bp"): (0.000133, 0.99, 1e-4),
     ("cifar10", "lc", "fa"): (0.000022, 0.999, 1e-8),
     ("cifar10", "lc", "dfa"): (0.000040, 0.999, 1e-8),
+    ("imagenet", "lc", "bp"): (0.000024, 0.999, 1e-8),
+    ("imagenet", "conv", "bp"): (0.000049, 0.99, 1e-8),
+    ("imagenet", "lc", "fa"): (0.000043, 0.99, 1e-4),
 }
 TP_RULES = ("dtp", "sdtp", "ao_sdtp", "tp")
 RULES = ("bp", "fa", "dfa", "kp", "sign_symmetry") + TP_RULES
@@ -107,7 +121,19 @@ _TP = {
         ((0.000020, 0.9, 0.99, 1e-4), (0.000261, 0.9, 0.999, 1e-6), None, 0.299769),
     ("cifar10", "lc", "sdtp", "alternating"):
         ((0.000109, 0.9, 0.99, 1e-4), (0.000011, 0.9, 0.99, 1e-8), None, 0.023804),
+    ("imagenet", "lc", "dtp", "parallel"):
+        ((0.000217, 0.9, 0.99, 1e-6), (0.000234, 0.9, 0.999, 1e-6), 0.163359, 0.192835),
+    ("imagenet", "lc", "dtp", "alternating"):
+        ((0.000101, 0.9, 0.99, 1e-8), (0.000064, 0.9, 0.999, 1e-8), 0.03706, 0.097217),
+    ("imagenet", "lc", "sdtp", "parallel"):
+        ((0.000011, 0.9, 0.999, 1e-6), (0.000170, 0.9, 0.999, 1e-8), None, 0.168522),
 }
+
+# ImageNet (Table 2): the rules and schedules the paper ran, as (rule, schedule) with
+# schedule None for the rules without one; "conv" is BP only.
+_IMAGENET = {"lc": (("dtp", "parallel"), ("dtp", "alternating"), ("sdtp", "parallel"),
+                    ("fa", None), ("bp", None)),
+             "conv": (("bp", None),)}
 
 
 def _choice(kind, value, valid):
@@ -121,11 +147,14 @@ def get_config(arg: str = "mnist,fc,bp"):
   if len(parts) < 3:
     raise ValueError(f"expected '<dataset>,<arch>,<rule>[,<schedule>][,runlocal]', got {arg!r}")
   dataset, arch, rule, *extra = parts
-  _choice("dataset", dataset, ("mnist", "cifar10"))
+  _choice("dataset", dataset, tuple(_DATASETS))
   _choice("arch", arch, ("fc", "lc", "conv"))
   _choice("rule", rule, RULES)
+  if dataset == "imagenet":
+    sched = next((e for e in extra if e in SCHEDULES), None)
+    _check_imagenet(arch, rule, sched or ("alternating" if rule in TP_RULES else None))
   c = common.base_config()
-  c.dataset.name = dataset
+  c.dataset.name = _DATASETS[dataset]
   model = dict(_ARCH[(dataset, "lc" if arch == "conv" else arch)])
   if arch == "conv":
     model["arch"] = "convnet"
@@ -152,6 +181,15 @@ def get_config(arg: str = "mnist,fc,bp"):
   if dataset == "cifar10":
     c.dataset.normalize = "standardize"
     c.dataset.augment = "crop_flip"  # the paper's "flips and random crops", horizontal.
+  if dataset == "imagenet":
+    # Streamed from disk, batch by batch; the paper states no augmentation or
+    # normalisation beyond the resize. Evaluation in batches of 128 (about 2 GB of
+    # activations for the LC net).
+    c.data_placement = "host"
+    c.dataset.test_split = "validation"  # ILSVRC-2012's test labels are not public.
+    c.dataset.normalize = "standardize"
+    c.eval_batch_size = 128
+    c.steps_per_call = 50
   c.batch_size = 128
   c.num_epochs = 500
   if "runlocal" in extra:
@@ -160,6 +198,16 @@ def get_config(arg: str = "mnist,fc,bp"):
     raise ValueError(f"unknown config option {extra!r}; valid choices: runlocal, "
                      f"{', '.join(SCHEDULES)}")
   return c
+
+
+def _check_imagenet(arch, rule, schedule):
+  """One line if Table 2 has no ImageNet run of (arch, rule, schedule)."""
+  if arch == "fc" or (rule, schedule) not in _IMAGENET[arch]:
+    runs = "; ".join(f"{a},{r}" + (f",{s}" if s else "") for a, rs in _IMAGENET.items()
+                     for r, s in rs)
+    shown = f"{arch},{rule}" + (f",{schedule}" if schedule else "")
+    raise ValueError(f"Bartunov et al. ran no ImageNet {shown!r} (Table 2); valid choices: "
+                     f"imagenet,{runs.replace('; ', '; imagenet,')}")
 
 
 def _tp_settings(c, dataset, arch, rule, schedule):

@@ -21,7 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.chunk_loop = "while"
   # "device": the decoded split on every device, batches gathered on device
   # (fastest; for datasets that fit). "host": the split in host memory; each
-  # process sends only its own slice of every batch to its devices.
+  # process sends only its own slice of every batch to its devices (a streamed
+  # dataset, too large for memory, needs "host": its batches are decoded from disk).
   c.data_placement = "device"
   c.alignment_every = 500       # steps between alignment metrics, and at every epoch end (0: never).
   c.log_every = 100             # steps between training-loss/steps-per-s TensorBoard points (0: never).
