@@ -244,11 +244,15 @@ _EVAL_CHUNK_BATCHES = 8
 
 
 class _Prefetch:
-  """One chunk's host batches, decoded on a background thread ahead of use."""
+  """One chunk's host batches, decoded on a background thread ahead of use.
+
+  ``hits`` counts the chunks served from the background thread.
+  """
 
   def __init__(self):
     self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbio-prefetch")
     self.idx, self.future = None, None
+    self.hits = 0
 
   def start(self, idx: np.ndarray, load: Callable) -> None:
     self.idx, self.future = idx, self.pool.submit(load, idx)
@@ -258,6 +262,7 @@ class _Prefetch:
     future, ahead = self.future, self.idx
     self.idx = self.future = None
     if future is not None and np.array_equal(ahead, idx):
+      self.hits += 1
       return future.result()
     return load(idx)
 
@@ -393,19 +398,23 @@ class _Run:
             "jaxbio_version": jaxbio.__version__}
     self.ckpt.save(self.step, self.state, meta, force=force)
 
-  def _host_batches(self, idx):
+  def _host_batches(self, idx, n: int):
     """This process's slice of every batch of the chunk, as one global array."""
-    images, labels = (self.prefetch.take(idx, self._host_rows) if self.prefetch
-                      else self._host_rows(idx))
+    load = lambda i: self._host_rows(i, n)
+    images, labels = self.prefetch.take(idx, load) if self.prefetch else load(idx)
     make = lambda a: jax.make_array_from_process_local_data(
         self.rows_sharding, a, (idx.shape[0], self.config.batch_size) + a.shape[2:])
     return make(images), make(labels)
 
-  def _host_rows(self, idx):
-    """This process's rows of every batch of the chunk (decoded, if streamed), on the host."""
+  def _host_rows(self, idx, n: int):
+    """This process's rows of the chunk's ``n`` batches (decoded, if streamed), on the host.
+
+    The padding batches past ``n``, which the compiled chunk skips, are zeros.
+    """
     lo, hi = self.local_rows
-    local = idx[:, lo:hi]
-    return self.train_ds.images[local], self.train_ds.labels[local]
+    local = idx[:n, lo:hi]
+    pad = lambda a: np.pad(a, ((0, idx.shape[0] - n),) + ((0, 0),) * (a.ndim - 1))
+    return pad(self.train_ds.images[local]), pad(self.train_ds.labels[local])
 
   def permutation(self, epoch: int, p: int) -> np.ndarray:
     """The data order of pass ``p`` of ``epoch``."""
@@ -473,13 +482,17 @@ class _Run:
     passes = len(exp.passes)
     p, n, idx, self.chunk_rows = self.chunk_indices(self.step)  # rows: the chunk's last batch.
     images, labels = ((self.train_images, self.train_labels) if self.placement == "device"
-                      else self._host_batches(idx))
+                      else self._host_batches(idx, n))
+    # The next chunk's rows, found before this chunk is queued (a new pass's permutation
+    # is computed on device), are decoded while this chunk runs.
+    ahead = (self.chunk_indices(self.step + n)[1:3]
+             if self.prefetch and self.step + n < exp.total_steps else None)
     first = self.loop_state["first_loss"].get(str(p))
     out = self.chunks[p](self.state, images, labels, self.put(idx), self.put(np.int32(n)),
                          self.put(np.float32(np.nan if first is None else first)))
-    if self.prefetch and self.step + n < exp.total_steps:  # decoded while this chunk runs.
-      next_idx = self.chunk_indices(self.step + n)[2]
-      self.prefetch.start(next_idx, self._host_rows)
+    if ahead is not None:
+      next_n, next_idx = ahead
+      self.prefetch.start(next_idx, lambda i: self._host_rows(i, next_n))
     self.state = out.state
     if first is None and math.isfinite(float(out.first_loss)):
       self.loop_state["first_loss"][str(p)] = float(out.first_loss)

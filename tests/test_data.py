@@ -127,8 +127,14 @@ def test_streamed_split_decodes_the_same_images_as_a_full_load():
   np.testing.assert_array_equal(streamed.images[10:20], full.images[10:20])
   np.testing.assert_array_equal(streamed.images[[-1]], full.images[[-1]])
   assert streamed.images[np.zeros((0,), np.int32)].shape == (0, 28, 28, 1)
-  with pytest.raises(IndexError, match='3000 images'):
-    streamed.images[[3000]]
+  np.testing.assert_array_equal(streamed.images[np.array([5, -3], np.int16)],
+                                full.images[[5, -3]])
+  assert streamed.images[[]].shape == (0, 28, 28, 1)
+  with pytest.raises(IndexError, match=r'^index 3000 out of range for 3000 images '
+                     r'\(valid: -3000\.\.2999\)$'):
+    streamed.images[[1, 3000]]
+  with pytest.raises(TypeError, match='got a tuple'):
+    streamed.images[3, 0]
   with pytest.raises(TypeError, match='streamed from disk'):
     np.asarray(streamed.images)
 
@@ -142,6 +148,10 @@ def test_streamed_labels_are_cached(tmp_path, monkeypatch):
   with np.load(files[0]) as npz:
     assert sorted(npz.files) == ['key', 'labels']
     np.testing.assert_array_equal(npz['labels'], first.labels)
+  def no_decoding(*args):
+    raise AssertionError('labels decoded again despite the cache')
+
+  monkeypatch.setattr(data.pipeline, '_stack_labels', no_decoding)
   again = data.load_streamed('mnist', 'test[:500]', root)
   np.testing.assert_array_equal(again.labels, first.labels)
 

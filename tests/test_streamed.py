@@ -39,6 +39,7 @@ def test_a_streamed_split_trains_and_evaluates_exactly_like_one_in_memory(tmp_pa
   root = data.shared_data_dir()
   if root is None:
     pytest.skip("../shared/data/tfds (real MNIST) not present")
+  monkeypatch.setenv(data.pipeline.CACHE_DIR_ENV, str(tmp_path / "cache"))
   config, ref_dir = _small_mnist("in_memory", tmp_path, root)
   ref = train.train_and_evaluate(config, ref_dir)
   monkeypatch.setitem(registry.DATASETS, "mnist",
@@ -47,8 +48,15 @@ def test_a_streamed_split_trains_and_evaluates_exactly_like_one_in_memory(tmp_pa
   real = data.load_streamed
   monkeypatch.setattr(data.pipeline, "load_streamed",
                       lambda *a, **k: loads.append(a[1]) or real(*a, **k))
+  hits = []
+  real_close = train._Prefetch.close
+  monkeypatch.setattr(train._Prefetch, "close",
+                      lambda self: hits.append(self.hits) or real_close(self))
   config, streamed_dir = _small_mnist("streamed", tmp_path, root)
   got = train.train_and_evaluate(config, streamed_dir)
+  # 40 steps in chunks of at most 7, cut at every alignment step (10) and pass end (20):
+  # 8 chunks, the 7 after the first decoded ahead.
+  assert hits == [7]
   assert loads == ["train[:1280]", "test[:700]", "train[1280:1500]"]
   (a, step_a), (b, step_b) = _final_state(config, ref_dir), _final_state(config, streamed_dir)
   assert step_a == step_b == 40  # 20 steps per pass, inverse then forward

@@ -253,7 +253,8 @@ class StreamedImages:
     self.shape = (len(source), *spec.image_shape)
     self.dtype = np.dtype(np.uint8)
     self.ndim = len(self.shape)
-    self._threads = threads or min(32, os.cpu_count() or 1)
+    self._threads = threads or min(32, len(os.sched_getaffinity(0)) if hasattr(
+        os, 'sched_getaffinity') else (os.cpu_count() or 1))
     self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
   def __len__(self) -> int:
@@ -266,15 +267,23 @@ class StreamedImages:
         'index them with the rows you need, e.g. images[rows]')
 
   def __getitem__(self, idx) -> np.ndarray:
+    n = len(self)
     if isinstance(idx, slice):
-      idx = np.arange(len(self))[idx]
+      idx = np.arange(n)[idx]
+    if isinstance(idx, tuple):
+      raise TypeError('StreamedImages takes one integer index array or a slice (whole '
+                      f'images), got a tuple {idx!r}')
     idx = np.asarray(idx)
+    if idx.size == 0:
+      idx = idx.astype(np.int64)
     if idx.dtype.kind not in 'iu':
       raise TypeError(f'StreamedImages takes integer indices or a slice, got {idx.dtype}')
-    flat = idx.reshape(-1)
-    if flat.size and (flat.min() < -len(self) or flat.max() >= len(self)):
-      raise IndexError(f'index out of range for {len(self)} images')
-    flat = np.where(flat < 0, flat + len(self), flat)
+    flat = idx.reshape(-1).astype(np.int64)
+    bad = flat[(flat < -n) | (flat >= n)]
+    if bad.size:
+      raise IndexError(f'index {int(bad[0])} out of range for {n} images (valid: '
+                       f'{-n}..{n - 1})')
+    flat = np.where(flat < 0, flat + n, flat)
     out = np.empty((flat.size, *self._spec.image_shape), np.uint8)
     if flat.size:
       records = self._source.__getitems__([int(i) for i in flat])
