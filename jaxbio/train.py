@@ -433,7 +433,8 @@ class _Run:
     perm = self.permutation(epoch, p)
     n = self.chunk_length(pos, step)
     idx = perm[pos * bs:(pos + n) * bs].reshape(n, bs)
-    idx = np.pad(idx, ((0, self.config.steps_per_call - n), (0, 0)))  # fixed shape: one compilation.
+    # A fixed shape: one compilation.
+    idx = np.pad(idx, ((0, self.config.steps_per_call - n), (0, 0)))
     return p, n, idx, perm[(pos + n - 1) * bs:(pos + n) * bs]
 
   # -- The loop.
@@ -467,7 +468,7 @@ class _Run:
              train_s, wall_s, latest)
 
   def chunk_length(self, pos: int, step: int | None = None) -> int:
-    """Steps of the chunk at ``step`` (default: now): up to the pass's end or the next due action."""
+    """Steps of the chunk at ``step`` (default: now): to the pass's end or the next due action."""
     step = self.step if step is None else step
     n = min(self.config.steps_per_call, self.exp.steps_per_pass - pos)
     for action in self.actions:

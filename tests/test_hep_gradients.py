@@ -191,6 +191,7 @@ def test_online_variant_equals_cauchy_estimate_once_settled():
   assert _rel(ubar, u1) < 1e-4  # ū = u1 + O(|β|^N).
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_every_rule_runs_jitted_and_reports_convergence():
   net, params, batch = _setup(90.0, t_free=40, dtype=jnp.float32)
   rules = [("ep", dict(symmetric=True)), ("hep", dict(n_points=1, n1_reference="f0")),

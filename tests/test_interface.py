@@ -306,7 +306,8 @@ def test_two_pass_epochs_resume_mid_pass_bit_identical(tmp_path, monkeypatch):
 # Epoch phases.
 
 
-@pytest.mark.parametrize("every_epoch", [True, False])
+# The False case in CI's slow run (see setup.cfg).
+@pytest.mark.parametrize("every_epoch", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_epoch_phases_run_once_per_epoch_keyed_by_seed_and_epoch(tmp_path, every_epoch):
   config = _config("test_phased", epochs=3, every_epoch=every_epoch)
   _train(config, tmp_path / "a")

@@ -114,8 +114,9 @@ def test_unknown_config_field_and_config_arg():
     bartunov.get_config("mnist,fc,hebb")
 
 
-@pytest.mark.parametrize("rule,arch", [("dfa", "mlp"), ("kp", "lcnet"),
-                                       ("sign_symmetry", "convnet")])
+@pytest.mark.parametrize("rule,arch", [  # (the conv ones in CI's slow run)
+    ("dfa", "mlp"), pytest.param("kp", "lcnet", marks=pytest.mark.slow),
+    pytest.param("sign_symmetry", "convnet", marks=pytest.mark.slow)])
 def test_train_and_evaluate_on_mock_data(tmp_path, rule, arch):
   config = _small(bartunov.get_config("mnist,fc,bp"))
   config.rule.name = rule

@@ -157,6 +157,7 @@ def _check_equal_to_single_runs(tmp_path, make, drawn, n_train=640, check=(0, 3)
       assert rows[r]["test/accuracy"] == pytest.approx(ref["test/accuracy"], abs=2 / 300)
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_dtp_replicas_equal_the_single_runs_with_their_seeds_and_values(tmp_path):
   # Two passes per epoch, the rule's own optimiser and its scalar hyperparameters drawn.
   _check_equal_to_single_runs(tmp_path, CASES["dtp"], DRAWN["dtp"], check=(3,))

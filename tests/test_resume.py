@@ -88,6 +88,7 @@ def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path):
         assert g[k] == pytest.approx(w[k], rel=1e-9, abs=1e-12), k
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path):
   work = tmp_path / "pre"
   proc = subprocess.Popen(_cmd(work, "--config.checkpoint.every_steps=1000"), cwd=REPO,

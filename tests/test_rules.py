@@ -31,7 +31,8 @@ def _close(a, b, tol=1e-6):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv", "lc"])
+# The conv case in CI's slow run (see setup.cfg).
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("conv", marks=pytest.mark.slow), "lc"])
 def test_backprop_equals_jax_grad(arch):
   net = _nets()[arch]
   params, state = net.init(jax.random.key(0))
@@ -46,7 +47,8 @@ def test_backprop_equals_jax_grad(arch):
   np.testing.assert_allclose(out.metrics["loss"], loss(params), rtol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "conv", "lc"])
+# The conv case in CI's slow run (see setup.cfg).
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("conv", marks=pytest.mark.slow), "lc"])
 def test_fa_with_transposed_feedback_is_backprop(arch):
   net = _nets()[arch]
   params, state = net.init(jax.random.key(0))

@@ -70,6 +70,7 @@ def test_a_streamed_split_trains_and_evaluates_exactly_like_one_in_memory(tmp_pa
     assert got[k] == pytest.approx(ref[k], rel=1e-6), k
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_imagenet_lc_config_trains_on_mock_data_with_streamed_resized_images(tmp_path):
   config = bartunov.get_config("imagenet,lc,dtp")
   assert (config.dataset.name, config.dataset.test_split) == ("imagenet2012", "validation")
@@ -83,7 +84,8 @@ def test_imagenet_lc_config_trains_on_mock_data_with_streamed_resized_images(tmp
   assert record["epoch"] == 1
   assert np.isfinite(record["test/loss"]) and np.isfinite(record["train_inverse/inverse_loss"])
   assert "align/reconstruction_error/layer1" in record
-  rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+  rows = [json.loads(line) for line in metrics.splitlines()]
   assert [r["epoch"] for r in rows] == [1]
 
 

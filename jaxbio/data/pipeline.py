@@ -566,7 +566,10 @@ def _read_cache(
 def _write_cache(
     path: str, key: str, images: np.ndarray | None, labels: np.ndarray
 ) -> None:
-  """Writes a cache file atomically (``images=None``: labels only); warns once per directory on failure."""
+  """Writes a cache file atomically (``images=None``: labels only).
+
+  Warns once per directory on failure.
+  """
   cache_dir = os.path.dirname(path)
   tmp = None
   try:
