@@ -259,6 +259,7 @@ def test_hep_cnn_on_mock_cifar(tmp_path):
   assert np.isfinite(record["train/homeostasis"])
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_host_and_device_placement_train_identically(tmp_path):
   from jaxbio import checkpoint  # pylint: disable=g-import-not-at-top
   finals = []

@@ -478,6 +478,7 @@ def test_launcher_trains_rdd_on_real_fashion_mnist(tmp_path):
   assert abs(last["align/feedback_angle/layer1"] - 90) < 5  # the conv feedback stays random
 
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_weight_mirror_aligns_and_decay_fixes_the_norm():
   """Oracle 11: B -> W^T in direction (angle falls with N); with decay, |B| -> (eta N s^2 / lambda) |W|."""
   net = _small_net()

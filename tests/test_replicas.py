@@ -187,6 +187,7 @@ def test_hep_replicas_with_homeostasis_equal_single_runs(tmp_path):
 
 # -- A diverged replica is frozen, the others go on; checkpoints resume exactly.
 
+@pytest.mark.slow  # in CI's slow run (see setup.cfg)
 def test_a_diverging_replica_is_frozen_and_the_others_train_on(tmp_path):
   config = _small(CASES["bp"]())
   config = _with_replicas(config, hparams={"optimizer.learning_rate": [1e-3, 1e4]})
