@@ -462,8 +462,9 @@ class Checkpointer:
         PRNG key arrays are rejected: save ``jax.random.key_data(key)``).
         Numpy leaves are copied before this returns; donate jax arrays only
         after it returns.
-      metadata: a JSON-serialisable dict (config, data position, version...).
-        It comes back as JSON does: tuples become lists, keys strings.
+      metadata: a JSON-serialisable dict (config, data position, version...),
+        copied before this returns. It comes back as JSON does: tuples become
+        lists, keys strings.
       force: save even if ``save_every_steps`` says not to, or ``step`` is
         not beyond the latest checkpoint.
 
@@ -490,7 +491,8 @@ class Checkpointer:
     if not isinstance(metadata, dict):
       raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
     try:
-      json.dumps(metadata)
+      # A copy: Orbax writes it in the background, while the caller may change the dict.
+      metadata = json.loads(json.dumps(metadata))
     except (TypeError, ValueError) as e:
       raise TypeError(f"checkpoint metadata is not JSON-serialisable: {e}") from None
     paths, leaves, _ = _flatten(state, "state")
