@@ -290,8 +290,7 @@ class _Run:
     self.test_images, self.test_labels = self.whole_split(test_ds)
     if val_ds is not None:
       self.val_images, self.val_labels = self.whole_split(val_ds)
-    self.streamed = isinstance(train_ds.images, data.StreamedImages)
-    self.prefetch = _Prefetch() if self.streamed else None
+    self.prefetch = _Prefetch() if isinstance(train_ds.images, data.StreamedImages) else None
     self.perm_cache = (None, None)
     self.mesh = mesh
     self.compile()

@@ -157,9 +157,10 @@ def get_config(arg: str = "mnist,fc,bp"):
   _choice("dataset", dataset, tuple(_DATASETS))
   _choice("arch", arch, ("fc", "lc", "conv"))
   _choice("rule", rule, RULES)
+  schedule = next((e for e in extra if e in SCHEDULES), None)
+  extra = [e for e in extra if e not in SCHEDULES]
   if dataset == "imagenet":
-    sched = next((e for e in extra if e in SCHEDULES), None)
-    _check_imagenet(arch, rule, sched or ("alternating" if rule in TP_RULES else None))
+    _check_imagenet(arch, rule, schedule or ("alternating" if rule in TP_RULES else None))
   c = common.base_config()
   c.dataset.name = _DATASETS[dataset]
   model = dict(_ARCH[(dataset, "lc" if arch == "conv" else arch)])
@@ -171,8 +172,6 @@ def get_config(arg: str = "mnist,fc,bp"):
   c.rule.name = rule
   if rule == "kp":
     c.rule.weight_decay = 0.0  # Akrout et al.'s reference runs: no decay.
-  schedule = next((e for e in extra if e in SCHEDULES), None)
-  extra = [e for e in extra if e not in SCHEDULES]
   if schedule is not None and rule not in TP_RULES:
     raise ValueError(f"a schedule ({schedule!r}) is only for the target propagation rules: "
                      f"{', '.join(TP_RULES)}")
