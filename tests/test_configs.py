@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxbio import optim, train
-from launch.configs import bartunov, hep_conv, hep_fmnist, rdd
+from jaxbio import experiment, optim, train
+from launch.configs import bartunov, burstccn, hep_conv, hep_fmnist, rdd
 
 ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc", "lc", "conv")
         for r in bartunov.RULES] +
@@ -21,16 +21,18 @@ ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc",
        [(hep_conv, f"{d},{e}") for d in ("cifar10", "cifar100")
         for e in ("table2_n0", "table2_n2", "table2_bp", "table2_bp_nohomeo", "fig4")] +
        [(hep_conv, "imagenet32,imagenet")] +
-       [(rdd, f"{d},{r}") for d in rdd.DATASETS for r in rdd.RULES])
+       [(rdd, f"{d},{r}") for d in rdd.DATASETS for r in rdd.RULES] +
+       [(burstccn, e) for e in burstccn.EXPERIMENTS])
 
 
 @pytest.mark.parametrize("module,arg", ALL, ids=[f"{m.__name__.split('.')[-1]}:{a}" for m, a in ALL])
 def test_config_builds(module, arg):
   config = module.get_config(arg)
   exp = train.build_experiment(config, 50_000)
-  params, _ = jax.eval_shape(exp.net.init, jax.random.key(0))
-  opt_state = jax.eval_shape(exp.tx.init, params)
-  assert jax.tree.leaves(opt_state)
+  state = jax.eval_shape(lambda: experiment.init_state(exp, 0))
+  assert jax.tree.leaves(state.params)  # the rule state initialised too (eval_shape).
+  if config.optimizer.name != "sgd" or config.optimizer.get("momentum"):
+    assert jax.tree.leaves(state.opt_state)  # plain SGD alone keeps no state.
   assert exp.total_steps == config.num_epochs * len(exp.passes) * (50_000 // config.batch_size)
 
 
@@ -43,6 +45,25 @@ def test_paper_hyperparameters_are_carried():
   assert c.optimizer.lr_multipliers["in-conv1"] == 25.0 and c.dataset.std_multiplier == 1.5
   c = hep_fmnist.get_config("fig4_reciprocal,1.0")
   assert c.model.angle_deg == 90.0 and c.optimizer.name == "adamw"
+
+
+def test_burstccn_tuned_configs_change_only_the_searched_fields():
+  for base, tuned, fields in (
+      ("mnist", "mnist_tuned", {"optimizer.learning_rate": 0.25, "rule.y_scale": 0.92,
+                                "rule.q_lr": 0.00012}),
+      ("burstprop_mnist", "burstprop_mnist_tuned", {"optimizer.learning_rate": 1.9,
+                                                    "rule.y_scale": 2.65, "rule.r_lr": 5e-4})):
+    a = _flat(burstccn.get_config(base).to_dict())
+    b = _flat(burstccn.get_config(tuned).to_dict())
+    assert {k for k in a if a[k] != b.get(k)} == set(fields)
+    assert {k: b[k] for k in fields} == fields
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+  return out
 
 
 def test_target_prop_table5_hyperparameters_are_carried():
