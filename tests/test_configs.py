@@ -55,7 +55,7 @@ def test_burstccn_tuned_configs_change_only_the_searched_fields():
                                                     "rule.y_scale": 2.65, "rule.r_lr": 5e-4})):
     a = _flat(burstccn.get_config(base).to_dict())
     b = _flat(burstccn.get_config(tuned).to_dict())
-    assert {k for k in a if a[k] != b.get(k)} == set(fields)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == set(fields)
     assert {k: b[k] for k in fields} == fields
 
 
