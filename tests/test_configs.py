@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxbio import experiment, optim, train
+from jaxbio import optim, train
 from launch.configs import bartunov, burstccn, hep_conv, hep_fmnist, rdd
 
 ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc", "lc", "conv")
@@ -29,7 +29,7 @@ ALL = ([(bartunov, f"{d},{a},{r}") for d in ("mnist", "cifar10") for a in ("fc",
 def test_config_builds(module, arg):
   config = module.get_config(arg)
   exp = train.build_experiment(config, 50_000)
-  state = jax.eval_shape(lambda: experiment.init_state(exp, 0))
+  state = jax.eval_shape(lambda: train.init_state(exp, 0))
   assert jax.tree.leaves(state.params)  # the rule state initialised too (eval_shape).
   if config.optimizer.name != "sgd" or config.optimizer.get("momentum"):
     assert jax.tree.leaves(state.opt_state)  # plain SGD alone keeps no state.
